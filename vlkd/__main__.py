@@ -1,0 +1,5 @@
+import sys
+
+from vlkd.cli import main
+
+sys.exit(main())

@@ -1,0 +1,252 @@
+"""Build a :class:`~vlkd.teacher.clip.FrozenCLIP` from any of the places CLIP weights live.
+
+``create_teacher`` accepts:
+
+* an open_clip architecture name with a pretrained tag, e.g. ``("ViT-B-16", "openai")``;
+  the weights are taken from the local cache (Hugging Face hub cache or open_clip's
+  URL cache) and downloaded only where a network exists;
+* an open_clip architecture name with a local checkpoint file
+  (``.safetensors``, or a ``.pt``/``.bin`` read with ``torch.load(weights_only=True)``);
+* an open_clip architecture name alone: random weights (tests, tiny configs);
+* a folder saved by Hugging Face ``transformers`` (``CLIPModel.save_pretrained``);
+* a folder in open_clip's hub layout (``open_clip_config.json`` + weights).
+
+The tiny architectures used by tests and the offline world are open_clip JSON
+configs in ``vlkd/teacher/model_configs`` and are registered with open_clip
+when this module is imported, so they load through exactly the code path a
+ViT-B/16 does.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import open_clip
+import torch
+
+from vlkd.errors import ConfigError, MissingFileError, WeightsNotFoundError
+from vlkd.teacher.backends import HFCLIPAdapter, OpenCLIPAdapter, PreprocessConfig
+from vlkd.teacher.clip import FrozenCLIP
+
+log = logging.getLogger(__name__)
+
+MODEL_CONFIG_DIR = Path(__file__).parent / "model_configs"
+open_clip.add_model_config(MODEL_CONFIG_DIR)
+
+_WEIGHT_SUFFIXES = (".safetensors", ".pt", ".pth", ".bin")
+
+
+def list_tiny_configs() -> list[str]:
+    """Names of the architectures shipped with vlkd (registered with open_clip)."""
+    return sorted(p.stem for p in MODEL_CONFIG_DIR.glob("*.json"))
+
+
+def _offline_from_env() -> bool:
+    return any(os.environ.get(var, "").lower() in {"1", "true", "yes"} for var in ("VLKD_OFFLINE", "HF_HUB_OFFLINE"))
+
+
+def create_teacher(
+    name: str = "ViT-B-16",
+    pretrained: str | None = None,
+    device: str | torch.device = "cpu",
+    precision: str = "fp32",
+    cache_dir: str | None = None,
+    offline: bool | None = None,
+    frame_chunk: int = 256,
+    save_weights: bool = False,
+) -> FrozenCLIP:
+    """Build a frozen CLIP teacher.
+
+    Args:
+        name: open_clip architecture name (``"ViT-B-16"``, ``"vlkd-tiny-vit"``), or a
+            folder holding Hugging Face or open_clip-hub weights.
+        pretrained: with an architecture name: a pretrained tag (``"openai"``), a
+            checkpoint file, or ``None`` for random weights. Ignored for folders.
+        device: where the teacher lives.
+        precision: ``"fp32"``, ``"bf16"`` or ``"fp16"`` (autocast in the towers).
+        cache_dir: where downloaded weights are looked up and stored.
+        offline: never touch the network; ``None`` follows ``VLKD_OFFLINE`` /
+            ``HF_HUB_OFFLINE``.
+        frame_chunk: maximum images per forward pass of the image tower.
+        save_weights: keep the teacher's weights in its parent's checkpoints.
+
+    Raises:
+        WeightsNotFoundError: the weights are not on disk and cannot be downloaded.
+        ConfigError: unknown architecture or pretrained tag.
+        MissingFileError: a checkpoint path that does not exist.
+    """
+    offline = _offline_from_env() if offline is None else offline
+    path = Path(name).expanduser()
+    if path.is_dir():
+        adapter = _load_folder(path)
+        identity = str(path.resolve())
+    elif path.suffix in _WEIGHT_SUFFIXES or path.is_file():
+        raise ConfigError(
+            f"teacher name {name!r} is a weights file: pass the architecture as the name and the file "
+            f"as pretrained, e.g. create_teacher('ViT-B-16', pretrained={name!r})"
+        )
+    else:
+        adapter = _load_open_clip(name, pretrained, cache_dir, offline)
+        identity = f"{name}:{pretrained}"
+    teacher = FrozenCLIP(adapter, identity, precision=precision, frame_chunk=frame_chunk, save_weights=save_weights)
+    return teacher.to(device)
+
+
+# -- open_clip ----------------------------------------------------------------------
+
+
+def _check_architecture(name: str) -> None:
+    if name not in open_clip.list_models():
+        close = [m for m in open_clip.list_models() if name.lower().split("-")[0] in m.lower()][:8]
+        hint = f"; similar: {', '.join(close)}" if close else ""
+        raise ConfigError(
+            f"unknown CLIP architecture {name!r}: use an open_clip model name (open_clip.list_models()) "
+            f"or a local weights folder{hint}"
+        )
+
+
+def _load_open_clip(name: str, pretrained: str | None, cache_dir: str | None, offline: bool) -> OpenCLIPAdapter:
+    _check_architecture(name)
+    checkpoint = None
+    quick_gelu = False
+    if pretrained is not None:
+        candidate = Path(pretrained).expanduser()
+        if candidate.suffix in _WEIGHT_SUFFIXES or os.sep in pretrained:
+            if not candidate.is_file():
+                raise MissingFileError(candidate, "teacher checkpoint", "check the path given as pretrained")
+            checkpoint = str(candidate)
+        else:
+            checkpoint, quick_gelu = _find_pretrained(name, pretrained, cache_dir, offline)
+    model = open_clip.create_model(name, pretrained=None, force_quick_gelu=quick_gelu)
+    if checkpoint is not None:
+        # open_clip's loader reads safetensors, or torch.load with weights_only=True,
+        # and understands OpenAI's original TorchScript archives.
+        open_clip.load_checkpoint(model, checkpoint, weights_only=True)
+    else:
+        log.warning("teacher %s has random weights (no pretrained given)", name)
+    tokenizer = open_clip.get_tokenizer(name)
+    return OpenCLIPAdapter(model, tokenizer, _open_clip_preprocess(model))
+
+
+def _open_clip_preprocess(model) -> PreprocessConfig:
+    cfg = getattr(model.visual, "preprocess_cfg", {}) or {}
+    size = cfg.get("size", model.visual.image_size)
+    size = size[0] if isinstance(size, (tuple, list)) else size
+    kwargs = {k: tuple(cfg[k]) for k in ("mean", "std") if k in cfg}
+    return PreprocessConfig(image_size=int(size), interpolation=cfg.get("interpolation", "bicubic"), **kwargs)
+
+
+def _find_pretrained(name: str, tag: str, cache_dir: str | None, offline: bool) -> tuple[str, bool]:
+    """Local path of the weights for ``name`` + ``tag``, downloading only when allowed."""
+    cfg = open_clip.get_pretrained_cfg(name, tag)
+    if not cfg:
+        tags = open_clip.list_pretrained_tags_by_model(name)
+        raise ConfigError(
+            f"unknown pretrained tag {tag!r} for {name}: use one of {tags} or a path to a weights file"
+        )
+    quick_gelu = bool(cfg.get("quick_gelu", False))
+    hub = cfg.get("hf_hub", "")
+    where = f"Hugging Face hub {hub!r}" if hub else f"URL {cfg.get('url', '?')}"
+    cached = _hub_cache_lookup(hub, cache_dir) if hub else None
+    if cached:
+        return cached, quick_gelu
+    if offline:
+        raise WeightsNotFoundError(
+            f"{name} '{tag}' weights are not on disk and vlkd is offline: download them from the {where} "
+            f"on a machine with network (or copy the file here) and pass pretrained=/path/to/weights"
+        )
+    try:
+        return open_clip.download_pretrained(cfg, cache_dir=cache_dir), quick_gelu
+    except Exception as error:  # network errors come in many types; all mean the same to the user
+        raise WeightsNotFoundError(
+            f"{name} '{tag}' weights are not on disk and could not be downloaded ({error.__class__.__name__}): "
+            f"fetch them from the {where} and pass pretrained=/path/to/weights"
+        ) from None
+
+
+def _hub_cache_lookup(hub: str, cache_dir: str | None) -> str | None:
+    from huggingface_hub import hf_hub_download
+
+    # open_clip writes "org/model/" for the default file names and "org/model/file" otherwise.
+    repo_id, filename = os.path.split(hub)
+    filenames = [filename] if filename else ["open_clip_model.safetensors", "open_clip_pytorch_model.bin"]
+    for candidate in filenames:
+        try:
+            return hf_hub_download(repo_id, candidate, cache_dir=cache_dir, local_files_only=True)
+        except Exception:
+            continue
+    return None
+
+
+# -- folders ------------------------------------------------------------------------
+
+
+def _load_folder(folder: Path) -> OpenCLIPAdapter | HFCLIPAdapter:
+    if (folder / "open_clip_config.json").is_file():
+        return _load_open_clip_folder(folder)
+    if (folder / "config.json").is_file():
+        return _load_hf_folder(folder)
+    raise MissingFileError(
+        folder / "config.json",
+        "CLIP weights folder config",
+        "a teacher folder needs a Hugging Face CLIP config.json or an open_clip_config.json",
+    )
+
+
+def _load_open_clip_folder(folder: Path) -> OpenCLIPAdapter:
+    # open_clip's own "local-dir:" schema reads open_clip_config.json and the weights
+    # file next to it (safetensors preferred, else torch.load with weights_only).
+    arch = f"local-dir:{folder.resolve()}"
+    model = open_clip.create_model(arch, weights_only=True)
+    return OpenCLIPAdapter(model, open_clip.get_tokenizer(arch), _open_clip_preprocess(model))
+
+
+def _load_hf_folder(folder: Path) -> HFCLIPAdapter:
+    from transformers import AutoTokenizer, CLIPConfig, CLIPModel
+
+    config = json.loads((folder / "config.json").read_text())
+    if config.get("model_type") != "clip":
+        raise ConfigError(
+            f"{folder}/config.json describes a {config.get('model_type')!r} model: vlkd teachers need model_type 'clip'"
+        )
+    model = CLIPModel.from_pretrained(folder, local_files_only=True)
+    tokenizer = AutoTokenizer.from_pretrained(folder, local_files_only=True)
+    vision = CLIPConfig.from_pretrained(folder).vision_config
+    preprocess = PreprocessConfig(image_size=int(vision.image_size))
+    processor_file = folder / "preprocessor_config.json"
+    if processor_file.is_file():
+        processor = json.loads(processor_file.read_text())
+        preprocess = PreprocessConfig(
+            image_size=int(vision.image_size),
+            mean=tuple(processor.get("image_mean", preprocess.mean)),
+            std=tuple(processor.get("image_std", preprocess.std)),
+        )
+    return HFCLIPAdapter(model, tokenizer, preprocess)
+
+
+@dataclass
+class TeacherSpec:
+    """What a config says about the teacher; :meth:`build` turns it into a :class:`FrozenCLIP`.
+
+    Args:
+        name: open_clip architecture name or a local weights folder.
+        pretrained: pretrained tag, checkpoint file, or ``None`` for random weights.
+        precision: ``fp32``, ``bf16`` or ``fp16``.
+        cache_dir: where downloaded weights are looked up.
+        offline: never use the network (``None``: follow ``VLKD_OFFLINE`` / ``HF_HUB_OFFLINE``).
+    """
+
+    name: str = "ViT-B-16"
+    pretrained: str | None = "openai"
+    precision: str = "fp32"
+    cache_dir: str | None = None
+    offline: bool | None = None
+
+    def build(self, **kwargs) -> FrozenCLIP:
+        return create_teacher(
+            self.name, self.pretrained, precision=self.precision, cache_dir=self.cache_dir, offline=self.offline, **kwargs
+        )
