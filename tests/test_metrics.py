@@ -148,6 +148,8 @@ def test_open_vocab_accuracy_matches_functional_metrics_over_batches():
             "novel_top5": 100.0,  # 4 novel classes: top-5 is capped at 4
             "novel_mean_class": mean_class_accuracy(novel_logits, novel_targets),
             "hm": harmonic_mean(base["top1"], novel["top1"]),
+            "base_videos": 100,
+            "novel_videos": 60,
         },
         abs=1e-4,
     )
@@ -162,7 +164,8 @@ def test_open_vocab_accuracy_merges_like_ddp_ranks():
     single.update(logits, targets)
     rank0.merge_state(rank1)
     merged, expected = rank0.compute(), single.compute()
-    assert merged.keys() == expected.keys() == {"base_top1", "base_top5", "base_mean_class"}
+    assert merged.keys() == expected.keys() == {"base_top1", "base_top5", "base_mean_class", "base_videos"}
+    assert merged["base_videos"].item() == 90
     for key in expected:
         assert merged[key].item() == pytest.approx(expected[key].item())
 
@@ -171,7 +174,7 @@ def test_open_vocab_accuracy_reports_only_evaluated_groups_and_resets():
     metric = OpenVocabAccuracy({"base": 3, "novel": 3})
     metric.update(LOGITS, TARGETS, group="novel")
     result = metric.compute()
-    assert set(result) == {"novel_top1", "novel_top5", "novel_mean_class"}  # no base, so no hm
+    assert set(result) == {"novel_top1", "novel_top5", "novel_mean_class", "novel_videos"}  # no base, so no hm
     assert result["novel_top1"].item() == pytest.approx(50.0)
     metric.reset()
     metric.update(LOGITS, TARGETS, group="base")

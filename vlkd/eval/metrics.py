@@ -126,7 +126,8 @@ class OpenVocabAccuracy(torchmetrics.Metric):
     ``num_classes`` maps each group to the size of its own classifier, e.g.
     ``{"base": 200, "novel": 200}`` for base-to-novel or ``{"ucf101": 101}`` for a
     cross-dataset zero-shot run.  :meth:`compute` returns 0-d tensors in percent:
-    ``<group>_top1``, ``<group>_top<k>``, ``<group>_mean_class`` for every group
+    ``<group>_top1``, ``<group>_top<k>``, ``<group>_mean_class`` (percent) and
+    ``<group>_videos`` (the sample count) for every group
     that received samples, and ``hm`` (of ``base_top1`` and ``novel_top1``) when
     both ``base`` and ``novel`` did.  All state is integer counts summed across
     DDP ranks, so the result is exact under distributed evaluation (apart from
@@ -174,6 +175,7 @@ class OpenVocabAccuracy(torchmetrics.Metric):
             results[f"{group}_top1"] = 100.0 * hits.sum().double() / total
             results[f"{group}_top{self.top_k}"] = 100.0 * getattr(self, f"{group}_topk_hits").double() / total
             results[f"{group}_mean_class"] = 100.0 * (hits[present].double() / support[present]).mean()
+            results[f"{group}_videos"] = total.double()  # how many samples the accuracies are over
         if "base_top1" in results and "novel_top1" in results:
             hm = harmonic_mean(results["base_top1"].item(), results["novel_top1"].item())
             results["hm"] = torch.tensor(hm, dtype=torch.float64)

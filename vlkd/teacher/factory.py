@@ -19,6 +19,7 @@ ViT-B/16 does.
 
 from __future__ import annotations
 
+import difflib
 import json
 import logging
 import os
@@ -101,7 +102,7 @@ def create_teacher(
 
 def _check_architecture(name: str) -> None:
     if name not in open_clip.list_models():
-        close = [m for m in open_clip.list_models() if name.lower().split("-")[0] in m.lower()][:8]
+        close = difflib.get_close_matches(name, open_clip.list_models(), n=5, cutoff=0.6)
         hint = f"; similar: {', '.join(close)}" if close else ""
         raise ConfigError(
             f"unknown CLIP architecture {name!r}: use an open_clip model name (open_clip.list_models()) "

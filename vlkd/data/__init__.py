@@ -1,0 +1,32 @@
+"""Video data: decoding backends, frame samplers, annotation lists, splits, datasets and the data module.
+
+Names are imported lazily so that light users (the teacher uses the transforms,
+a split script uses the list readers) do not pay for importing Lightning.
+"""
+
+from __future__ import annotations
+
+import importlib
+
+_EXPORTS = {
+    "VideoSample": "vlkd.data.annotations",
+    "read_annotations": "vlkd.data.annotations",
+    "read_class_names": "vlkd.data.annotations",
+    "read_video_list": "vlkd.data.annotations",
+    "Base2NovelSplit": "vlkd.data.splits",
+    "load_base2novel": "vlkd.data.splits",
+    "load_zero_shot": "vlkd.data.splits",
+    "VideoClipDataset": "vlkd.data.datasets",
+    "Base2NovelSpec": "vlkd.data.datamodule",
+    "EvalSet": "vlkd.data.datamodule",
+    "VideoDataModule": "vlkd.data.datamodule",
+    "ZeroShotSpec": "vlkd.data.datamodule",
+}
+
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str):
+    if name in _EXPORTS:
+        return getattr(importlib.import_module(_EXPORTS[name]), name)
+    raise AttributeError(f"module 'vlkd.data' has no attribute {name!r}")

@@ -1,0 +1,204 @@
+"""The LightningDataModule for video classification and open-vocabulary evaluation.
+
+One data module covers the protocols of the papers:
+
+* **base-to-novel**: train on a 16-shot (or full) list over the base classes,
+  evaluate on base videos with base names and on novel videos with novel names;
+* **cross-dataset zero-shot**: train on one dataset's list, evaluate on other
+  datasets' lists with their own class names (UCF101, HMDB51, K600 splits);
+* **zero-shot only**: no training list, evaluation sets only.
+
+The evaluation sets are exposed as :attr:`VideoDataModule.eval_sets`, in the
+same order as the validation/test dataloaders, so a method knows which class
+names each dataloader must be classified against.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import lightning.pytorch as pl
+from torch.utils.data import DataLoader
+
+from vlkd.data.annotations import read_annotations, read_class_names
+from vlkd.data.datasets import VideoClipDataset, collate_clips
+from vlkd.data.sampling import FrameSampler
+from vlkd.data.splits import load_base2novel, load_zero_shot
+from vlkd.errors import ConfigError, MissingFileError
+
+
+@dataclass
+class Base2NovelSpec:
+    """Which base-to-novel split to use.
+
+    Args:
+        dataset: ``k400``, ``hmdb51``, ``ucf101``, ``ssv2``, or a name under ``split_dir``.
+        seed: 1, 2 or 3: the 16-shot training list.
+        split_dir: folder with the split layout; ``None`` uses the shipped real splits.
+        train_list: ``fs`` (16-shot) or ``full`` (all base training videos).
+    """
+
+    dataset: str = "k400"
+    seed: int = 1
+    split_dir: str | None = None
+    train_list: str = "fs"
+
+
+@dataclass
+class ZeroShotSpec:
+    """A cross-dataset evaluation set.
+
+    Args:
+        dataset: ``ucf101``, ``hmdb51`` or ``k600`` (or a name under ``split_dir``).
+        split: 1, 2 or 3.
+        root: the folder that dataset's list paths are relative to.
+        split_dir: folder with the zero-shot lists; ``None`` uses the shipped ones.
+    """
+
+    dataset: str
+    root: str
+    split: int = 1
+    split_dir: str | None = None
+
+
+@dataclass
+class EvalSet:
+    """One evaluation dataloader's identity: its name, group and the names its labels index."""
+
+    name: str
+    class_names: list[str]
+    group: str  # "base", "novel" or "zero_shot"
+
+
+class VideoDataModule(pl.LightningDataModule):
+    """Video clips for training and open-vocabulary evaluation.
+
+    Args:
+        root: folder the training (and base-to-novel evaluation) list paths are relative to.
+        base2novel: use a base-to-novel split (training list + base and novel evaluation).
+        train_list: an explicit training list (``path label`` lines or ``path,label`` CSV)
+            instead of a base-to-novel split.
+        train_classes: ``id,name`` CSV naming the labels of ``train_list``.
+        zero_shot: cross-dataset evaluation sets, evaluated after the base/novel ones.
+        num_frames: frames per clip (T).
+        sampling: ``segment`` (TSN-style, one frame per segment) or ``dense`` (a window at ``stride``).
+        stride: frame stride for dense sampling.
+        test_views: temporal views per evaluation video, logits averaged over them.
+        image_size: side length of the square crops.
+        flip: horizontal flips in training (turn off for direction-sensitive datasets such as SSv2).
+        batch_size: training clips per batch; evaluation uses ``eval_batch_size`` (default the same).
+        num_workers: decoding worker processes.
+        backend: video decoding backend (``decord``, ``pyav``, ``torchcodec``; ``None``: default).
+        seed: base seed for sampling and augmentation.
+    """
+
+    def __init__(
+        self,
+        root: str,
+        base2novel: Base2NovelSpec | None = None,
+        train_list: str | None = None,
+        train_classes: str | None = None,
+        zero_shot: list[ZeroShotSpec] | None = None,
+        num_frames: int = 8,
+        sampling: str = "segment",
+        stride: int = 16,
+        test_views: int = 1,
+        image_size: int = 224,
+        flip: bool = True,
+        batch_size: int = 8,
+        eval_batch_size: int | None = None,
+        num_workers: int = 4,
+        backend: str | None = None,
+        seed: int = 0,
+    ):
+        super().__init__()
+        if base2novel is not None and train_list is not None:
+            raise ConfigError("data: give either base2novel or train_list, not both")
+        if train_list is not None and train_classes is None:
+            raise ConfigError("data.train_classes is missing: train_list needs an id,name CSV of its class names")
+        self.root = Path(root).expanduser()
+        self.base2novel = base2novel
+        self.train_list = train_list
+        self.train_classes_file = train_classes
+        self.zero_shot = list(zero_shot or [])
+        self.train_sampler = FrameSampler(mode=sampling, num_frames=num_frames, stride=stride, num_views=1)
+        self.eval_sampler = FrameSampler(mode=sampling, num_frames=num_frames, stride=stride, num_views=test_views)
+        self.image_size = image_size
+        self.flip = flip
+        self.batch_size = batch_size
+        self.eval_batch_size = eval_batch_size or batch_size
+        self.num_workers = num_workers
+        self.backend = backend
+        self.seed = seed
+        self.train_dataset: VideoClipDataset | None = None
+        self.eval_datasets: list[VideoClipDataset] = []
+        self.eval_sets: list[EvalSet] = []
+        self.train_classes: list[str] = []
+        if base2novel is None and train_list is None and not self.zero_shot:
+            raise ConfigError("data: nothing to load; set base2novel, train_list or zero_shot")
+
+    # -- building ---------------------------------------------------------------
+    def _dataset(self, root: Path, samples, class_names, train: bool) -> VideoClipDataset:
+        return VideoClipDataset(
+            root,
+            samples,
+            class_names,
+            self.train_sampler if train else self.eval_sampler,
+            image_size=self.image_size,
+            train=train,
+            flip=self.flip,
+            backend=self.backend,
+            seed=self.seed,
+        )
+
+    def setup(self, stage: str | None = None) -> None:
+        if self.eval_sets:  # already set up (setup runs once per stage)
+            return
+        if not self.root.is_dir():
+            raise MissingFileError(self.root, "video root folder", "set data.root to the folder holding the videos")
+        if self.base2novel is not None:
+            spec = self.base2novel
+            split = load_base2novel(spec.dataset, spec.seed, spec.split_dir, spec.train_list)
+            self.train_classes = split.base_classes
+            self.train_dataset = self._dataset(self.root, split.train, split.base_classes, train=True)
+            self._add_eval("base", split.base_classes, self.root, split.base_val, "base")
+            self._add_eval("novel", split.novel_classes, self.root, split.novel_val, "novel")
+        elif self.train_list is not None:
+            self.train_classes = read_class_names(self.train_classes_file)
+            samples = read_annotations(self.train_list)
+            self.train_dataset = self._dataset(self.root, samples, self.train_classes, train=True)
+        for spec in self.zero_shot:
+            class_names, samples = load_zero_shot(spec.dataset, spec.split, spec.split_dir)
+            root = Path(spec.root).expanduser()
+            if not root.is_dir():
+                raise MissingFileError(root, f"{spec.dataset} video root", "set root in data.zero_shot")
+            self._add_eval(f"{spec.dataset}_s{spec.split}", class_names, root, samples, "zero_shot")
+
+    def _add_eval(self, name: str, class_names, root: Path, samples, group: str) -> None:
+        self.eval_sets.append(EvalSet(name, list(class_names), group))
+        self.eval_datasets.append(self._dataset(root, samples, class_names, train=False))
+
+    # -- loaders ------------------------------------------------------------------
+    def _loader(self, dataset: VideoClipDataset, batch_size: int, shuffle: bool) -> DataLoader:
+        return DataLoader(
+            dataset,
+            batch_size=batch_size,
+            shuffle=shuffle,
+            num_workers=self.num_workers,
+            collate_fn=collate_clips,
+            persistent_workers=self.num_workers > 0,
+            pin_memory=False,
+            drop_last=False,
+        )
+
+    def train_dataloader(self) -> DataLoader:
+        if self.train_dataset is None:
+            raise ConfigError("this data module has no training list: set data.base2novel or data.train_list")
+        return self._loader(self.train_dataset, self.batch_size, shuffle=True)
+
+    def val_dataloader(self) -> list[DataLoader]:
+        return [self._loader(dataset, self.eval_batch_size, shuffle=False) for dataset in self.eval_datasets]
+
+    def test_dataloader(self) -> list[DataLoader]:
+        return self.val_dataloader()

@@ -1,0 +1,155 @@
+"""What every video method shares: open-vocabulary evaluation and data bookkeeping.
+
+A method subclasses :class:`VideoMethod` and implements :meth:`VideoMethod.classify`
+(video clips + class names -> logits). This base class then
+
+* evaluates every validation/test dataloader against its own class names
+  (base, novel, cross-dataset sets; see :class:`vlkd.data.VideoDataModule`),
+  averaging logits over temporal views, and logs top-1/top-5/mean-class
+  accuracy per set plus the base/novel harmonic mean;
+* writes ``results.json`` / ``results.md`` into the run's log folder after ``test``
+  (and ``validate``) and prints the table;
+* counts the videos the datasets had to skip and reports them at the end of
+  each epoch, in the log and in ``skipped_videos.txt``.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import lightning.pytorch as pl
+import torch
+import torch.distributed as dist
+from torch import nn
+
+from vlkd.eval.metrics import OpenVocabAccuracy
+from vlkd.eval.results import markdown_table, write_results
+from vlkd.errors import ConfigError
+
+log = logging.getLogger(__name__)
+
+
+def trainable_parameters(module: nn.Module) -> list[nn.Parameter]:
+    """Parameters that require gradients: a frozen teacher's never reach an optimiser."""
+    return [p for p in module.parameters() if p.requires_grad]
+
+
+class VideoMethod(pl.LightningModule):
+    """Base class of the video methods (see the module docstring)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._skipped: list[str] = []
+        self.eval_results: dict[str, float] = {}
+        self._eval_metric: OpenVocabAccuracy | None = None
+
+    # -- what a method provides ------------------------------------------------------
+    def classify(self, video: torch.Tensor, class_names: list[str]) -> torch.Tensor:
+        """(N, T, C, H, W) clips in [0, 1] -> (N, len(class_names)) logits."""
+        raise NotImplementedError
+
+    # -- evaluation --------------------------------------------------------------------
+    def eval_sets(self):
+        datamodule = getattr(self.trainer, "datamodule", None)
+        sets = getattr(datamodule, "eval_sets", None)
+        if not sets:
+            raise ConfigError(
+                "evaluation needs a data module with evaluation sets (vlkd.data.VideoDataModule with "
+                "base2novel or zero_shot): set data in the config"
+            )
+        return sets
+
+    def view_averaged_logits(self, video: torch.Tensor, class_names: list[str]) -> torch.Tensor:
+        """(B, V, T, C, H, W) clips with V temporal views -> (B, K) logits averaged over views."""
+        batch, views = video.shape[:2]
+        logits = self.classify(video.flatten(0, 1), class_names)
+        return logits.view(batch, views, -1).mean(dim=1)
+
+    def _start_eval(self) -> None:
+        sets = self.eval_sets()
+        self._eval_metric = OpenVocabAccuracy({s.name: len(s.class_names) for s in sets}).to(self.device)
+
+    def _eval_step(self, batch: dict, dataloader_idx: int) -> None:
+        eval_set = self.eval_sets()[dataloader_idx]
+        self._skipped.extend(batch["skipped"])
+        readable = batch["label"] >= 0  # unreadable videos are reported, not scored
+        if not readable.any():
+            return
+        logits = self.view_averaged_logits(batch["video"][readable], eval_set.class_names)
+        self._eval_metric.update(logits, batch["label"][readable], group=eval_set.name)
+
+    def _end_eval(self, stage: str) -> None:
+        results = {name: float(value) for name, value in self._eval_metric.compute().items()}
+        self._eval_metric.reset()
+        self.eval_results = results
+        self.log_dict({f"{stage}/{name}": value for name, value in results.items()}, sync_dist=False)
+        self._report_skipped(stage)
+        if stage in ("test", "validate") and self.trainer.is_global_zero and not self.trainer.sanity_checking:
+            self._write_results(results, stage)
+
+    def _write_results(self, results: dict[str, float], stage: str) -> None:
+        headline = {
+            key: results[f"{key}_top1"] for key in ("base", "novel") if f"{key}_top1" in results
+        }
+        if "hm" in results:
+            headline["hm"] = results["hm"]
+        summary = {**headline, "metrics": results, "stage": stage}
+        out_dir = Path(self.trainer.log_dir or self.trainer.default_root_dir)
+        json_path, _ = write_results(summary, out_dir, name="results")
+        rows = [
+            {"set": name, **{m: results[f"{name}_{m}"] for m in ("top1", "top5", "mean_class", "videos") if f"{name}_{m}" in results}}
+            for name in (eval_set.name for eval_set in self.eval_sets())
+        ]
+        table = markdown_table(rows)
+        print(f"\n{table}")
+        if headline:
+            print("  ".join(f"{key}: {value:.2f}" for key, value in headline.items()))
+        print(f"results written to {json_path}")
+
+    def on_validation_epoch_start(self) -> None:
+        self._start_eval()
+
+    def validation_step(self, batch: dict, batch_idx: int, dataloader_idx: int = 0) -> None:
+        self._eval_step(batch, dataloader_idx)
+
+    def on_validation_epoch_end(self) -> None:
+        # `vlkd validate` is the validation loop outside fitting: write results then too.
+        stage = "validate" if self.trainer.state.fn == "validate" else "val"
+        self._end_eval(stage)
+
+    def on_test_epoch_start(self) -> None:
+        self._start_eval()
+
+    def test_step(self, batch: dict, batch_idx: int, dataloader_idx: int = 0) -> None:
+        self._eval_step(batch, dataloader_idx)
+
+    def on_test_epoch_end(self) -> None:
+        self._end_eval("test")
+
+    # -- unreadable videos ---------------------------------------------------------------
+    def on_train_batch_end(self, outputs, batch, batch_idx) -> None:
+        self._skipped.extend(batch.get("skipped", []))
+
+    def on_train_epoch_end(self) -> None:
+        self._report_skipped("train")
+
+    def _report_skipped(self, stage: str) -> None:
+        skipped = self._skipped
+        if dist.is_available() and dist.is_initialized():
+            gathered: list[list[str]] = [[] for _ in range(dist.get_world_size())]
+            dist.all_gather_object(gathered, skipped)
+            skipped = [path for part in gathered for path in part]
+        self._skipped = []
+        self.log(f"{stage}/skipped_videos", float(len(skipped)), sync_dist=False)
+        if not skipped or not self.trainer.is_global_zero:
+            return
+        log.warning(
+            "%d unreadable video(s) were skipped and replaced during this %s epoch (first: %s)",
+            len(skipped), stage, skipped[0],
+        )
+        out_dir = Path(self.trainer.log_dir or self.trainer.default_root_dir)
+        out_dir.mkdir(parents=True, exist_ok=True)
+        with open(out_dir / "skipped_videos.txt", "a", encoding="utf-8") as handle:
+            for path in skipped:
+                handle.write(f"{stage}\tepoch {self.current_epoch}\t{path}\n")

@@ -1,0 +1,41 @@
+"""Frozen CLIP zero-shot video classification: the "frozen CLIP" row of the papers' tables.
+
+Each frame is embedded by the frozen image tower, compared with the
+prompt-ensembled class embeddings, and the per-frame logits are averaged over
+time (and over temporal views). Nothing is trained; run it with
+``vlkd validate`` or ``vlkd test``.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from vlkd.methods.base import VideoMethod
+from vlkd.teacher import TeacherSpec
+
+
+class ZeroShotCLIP(VideoMethod):
+    """Frozen CLIP, per-frame logits averaged over time.
+
+    Args:
+        teacher: which CLIP weights to use.
+        templates: prompt template set name (``video``, ``photo``) or a list of templates.
+    """
+
+    def __init__(self, teacher: TeacherSpec | None = None, templates: str | list[str] = "video"):
+        super().__init__()
+        self.save_hyperparameters()
+        self.teacher = (teacher or TeacherSpec()).build()
+        self.templates = templates
+
+    def classify(self, video: torch.Tensor, class_names: list[str]) -> torch.Tensor:
+        frames = self.teacher.encode_frames(video)  # (N, T, D)
+        text = self.teacher.encode_text(class_names, self.templates)  # (K, D)
+        per_frame = self.teacher.logit_scale * frames @ text.T  # (N, T, K)
+        return per_frame.mean(dim=1)
+
+    def training_step(self, batch, batch_idx):
+        raise RuntimeError("ZeroShotCLIP has nothing to train: use `vlkd validate` or `vlkd test` with this model")
+
+    def configure_optimizers(self):
+        return None
