@@ -134,7 +134,9 @@ def _quality_options(encoder: str, crf: int | None) -> dict[str, str]:
     """Encoder options for the CRF-style codecs (the quantiser codecs are set on the context)."""
     quality = _DEFAULT_QUALITY.get(encoder) if crf is None else crf
     if encoder == "libx264":
-        return {"crf": str(quality)}
+        # x264's macroblock tree and frame threads made the same frames encode to
+        # different bitstreams run to run; without them a seed reproduces the file.
+        return {"crf": str(quality), "x264-params": "mbtree=0", "threads": "1"}
     if encoder == "libvpx-vp9":
         # b:v 0 turns libvpx's CRF into constant quality instead of a bitrate cap.
         return {"crf": str(quality), "b:v": "0", "deadline": "realtime", "cpu-used": "8"}
