@@ -30,7 +30,10 @@ LIGHTNING_COMMANDS = {
 }
 
 #: Extra subcommands: name -> (module with a ``main(argv) -> int``, one-line help).
-EXTRA_COMMANDS: dict[str, tuple[str, str]] = {}
+EXTRA_COMMANDS: dict[str, tuple[str, str]] = {
+    "synth": ("vlkd.commands.synth", "build the offline world: SynthActions videos (actions) or the tiny teacher (teacher)"),
+    "zeroshot": ("vlkd.commands.zeroshot", "evaluate a frozen teacher zero-shot on a video split: base / novel / HM"),
+}
 
 
 def register_command(name: str, module: str, help_line: str) -> None:

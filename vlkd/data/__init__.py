@@ -21,6 +21,7 @@ _EXPORTS = {
     "EvalSet": "vlkd.data.datamodule",
     "VideoDataModule": "vlkd.data.datamodule",
     "ZeroShotSpec": "vlkd.data.datamodule",
+    "SynthActionsDataModule": "vlkd.data.datamodule",
 }
 
 __all__ = sorted(_EXPORTS)

@@ -202,3 +202,66 @@ class VideoDataModule(pl.LightningDataModule):
 
     def test_dataloader(self) -> list[DataLoader]:
         return self.val_dataloader()
+
+
+class SynthActionsDataModule(VideoDataModule):
+    """:class:`VideoDataModule` on a SynthActions world, rendered into ``root`` if it is missing.
+
+    The world is written with :func:`vlkd.data.synthetic.generate_actions` in
+    ``prepare_data`` (once, on the first process) and read back through exactly
+    the base-to-novel loaders a real dataset uses. Horizontal flips are off:
+    they would turn "moving left" into "moving right".
+
+    Args:
+        root: folder of the world (rendered there when missing or out of date).
+        style: render style (``flat``, ``textured``).
+        world_seed: the world's seed.
+        seed: the 16-shot training list, 1..3.
+        size: frame side in pixels when rendering.
+        frames: frames per rendered clip.
+        zero_shot_styles: other styles whose zero-shot lists are evaluated too
+            (cross-dataset protocol), rendered beside ``root`` as ``<root>_<style>``.
+        **kwargs: the remaining :class:`VideoDataModule` options.
+    """
+
+    def __init__(
+        self,
+        root: str = "synth/flat",
+        style: str = "flat",
+        world_seed: int = 0,
+        seed: int = 1,
+        size: int = 64,
+        frames: int = 16,
+        zero_shot_styles: list[str] | None = None,
+        num_frames: int = 8,
+        image_size: int = 64,
+        batch_size: int = 16,
+        num_workers: int = 2,
+        **kwargs,
+    ):
+        from vlkd.data.synthetic import default_dataset_name
+
+        self.world_settings = {"seed": world_seed, "style": style, "size": size, "frames": frames}
+        self.other_worlds = {s: f"{str(root).rstrip('/')}_{s}" for s in (zero_shot_styles or [])}
+        zero_shot = [
+            ZeroShotSpec(default_dataset_name(s), root=path, split=1, split_dir=path)
+            for s, path in self.other_worlds.items()
+        ]
+        super().__init__(
+            root,
+            base2novel=Base2NovelSpec(default_dataset_name(style), seed=seed, split_dir=str(root)),
+            zero_shot=zero_shot,
+            num_frames=num_frames,
+            image_size=image_size,
+            batch_size=batch_size,
+            num_workers=num_workers,
+            flip=False,
+            **kwargs,
+        )
+
+    def prepare_data(self) -> None:
+        from vlkd.data.synthetic import generate_actions
+
+        generate_actions(self.root, **self.world_settings)
+        for style, path in self.other_worlds.items():
+            generate_actions(path, **{**self.world_settings, "style": style})

@@ -8,6 +8,8 @@
 * an open_clip architecture name with a local checkpoint file
   (``.safetensors``, or a ``.pt``/``.bin`` read with ``torch.load(weights_only=True)``);
 * an open_clip architecture name alone: random weights (tests, tiny configs);
+* ``("vlkd-synth-vit", "synthactions")``: the tiny teacher shipped in ``data/teachers``,
+  pretrained on SynthActions still frames (the offline default);
 * a folder saved by Hugging Face ``transformers`` (``CLIPModel.save_pretrained``);
 * a folder in open_clip's hub layout (``open_clip_config.json`` + weights).
 
@@ -30,6 +32,7 @@ import open_clip
 import torch
 
 from vlkd.errors import ConfigError, MissingFileError, WeightsNotFoundError
+from vlkd.paths import asset_path
 from vlkd.teacher.backends import HFCLIPAdapter, OpenCLIPAdapter, PreprocessConfig
 from vlkd.teacher.clip import FrozenCLIP
 
@@ -39,6 +42,11 @@ MODEL_CONFIG_DIR = Path(__file__).parent / "model_configs"
 open_clip.add_model_config(MODEL_CONFIG_DIR)
 
 _WEIGHT_SUFFIXES = (".safetensors", ".pt", ".pth", ".bin")
+
+#: Weights shipped inside vlkd's data folder: (architecture, tag) -> file under vlkd.paths.asset_dir().
+SHIPPED_WEIGHTS = {
+    ("vlkd-synth-vit", "synthactions"): ("teachers", "synth-vit", "open_clip_model.safetensors"),
+}
 
 
 def list_tiny_configs() -> list[str]:
@@ -114,7 +122,9 @@ def _load_open_clip(name: str, pretrained: str | None, cache_dir: str | None, of
     _check_architecture(name)
     checkpoint = None
     quick_gelu = False
-    if pretrained is not None:
+    if (name, pretrained) in SHIPPED_WEIGHTS:
+        checkpoint = str(asset_path(*SHIPPED_WEIGHTS[name, pretrained]))
+    elif pretrained is not None:
         candidate = Path(pretrained).expanduser()
         if candidate.suffix in _WEIGHT_SUFFIXES or os.sep in pretrained:
             if not candidate.is_file():

@@ -32,12 +32,10 @@ Every clip has its own random generator, seeded by ``(seed, style, class
 name, role, index)`` (:func:`clip_rng`), so its frames do not depend on worker
 scheduling, on the other classes or on the number of clips: the same settings
 always render byte-identical frames, and ``render_clip(clip_rng(...), ...)``
-reproduces any clip.  The MP4 files are *not* byte-identical across runs: the
-libx264 of the PyAV wheel encodes the same frames into a few different
-bitstreams from run to run (measured: decoded pixels differ by 0.7 codes on
-average and by up to ~40 at a few pixels; about one clip in six comes out
-identical), so compare rendered frames, not files.  The label and list files
-are identical; the split draws depend on ``seed`` and the split seed only.
+reproduces any clip.  The writer encodes H.264 deterministically (no
+macroblock tree, one thread), so the MP4 files are byte-identical across runs
+too, and so are the label and list files; the split draws depend on ``seed``
+and the split seed only.
 
 Generation is idempotent: when ``world_info.json`` matches the requested
 settings and every file exists, nothing is rendered; missing clips alone are

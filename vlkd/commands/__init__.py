@@ -1,0 +1,1 @@
+"""Subcommands of ``vlkd`` beyond Lightning's fit/validate/test/predict, one module each."""
