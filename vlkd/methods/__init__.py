@@ -1,6 +1,9 @@
-"""One LightningModule per method; every one is named in configs by ``class_path``."""
+"""One LightningModule per method; every one is named in configs by ``class_path`` (short names work)."""
 
 from vlkd.methods.base import VideoMethod, trainable_parameters
+from vlkd.methods.callbacks import EpochWeightAveraging
+from vlkd.methods.finetune import FineTuneCLIP
+from vlkd.methods.froster import FROSTER
 from vlkd.methods.zeroshot import ZeroShotCLIP
 
-__all__ = ["VideoMethod", "ZeroShotCLIP", "trainable_parameters"]
+__all__ = ["FROSTER", "EpochWeightAveraging", "FineTuneCLIP", "VideoMethod", "ZeroShotCLIP", "trainable_parameters"]

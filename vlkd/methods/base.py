@@ -84,18 +84,22 @@ class VideoMethod(pl.LightningModule):
         self._eval_metric.reset()
         self.eval_results = results
         self.log_dict({f"{stage}/{name}": value for name, value in results.items()}, sync_dist=False)
-        self._report_skipped(stage)
+        out_dir = self._out_dir()
+        self._report_skipped(stage, out_dir)
         if stage in ("test", "validate") and self.trainer.is_global_zero and not self.trainer.sanity_checking:
-            self._write_results(results, stage)
+            self._write_results(results, stage, out_dir)
 
-    def _write_results(self, results: dict[str, float], stage: str) -> None:
+    def _out_dir(self) -> Path:
+        # trainer.log_dir broadcasts from rank 0, so every rank must ask for it, not just the writer.
+        return Path(self.trainer.log_dir or self.trainer.default_root_dir)
+
+    def _write_results(self, results: dict[str, float], stage: str, out_dir: Path) -> None:
         headline = {
             key: results[f"{key}_top1"] for key in ("base", "novel") if f"{key}_top1" in results
         }
         if "hm" in results:
             headline["hm"] = results["hm"]
         summary = {**headline, "metrics": results, "stage": stage}
-        out_dir = Path(self.trainer.log_dir or self.trainer.default_root_dir)
         json_path, _ = write_results(summary, out_dir, name="results")
         rows = [
             {"set": name, **{m: results[f"{name}_{m}"] for m in ("top1", "top5", "mean_class", "videos") if f"{name}_{m}" in results}}
@@ -132,9 +136,9 @@ class VideoMethod(pl.LightningModule):
         self._skipped.extend(batch.get("skipped", []))
 
     def on_train_epoch_end(self) -> None:
-        self._report_skipped("train")
+        self._report_skipped("train", self._out_dir())
 
-    def _report_skipped(self, stage: str) -> None:
+    def _report_skipped(self, stage: str, out_dir: Path) -> None:
         skipped = self._skipped
         if dist.is_available() and dist.is_initialized():
             gathered: list[list[str]] = [[] for _ in range(dist.get_world_size())]
@@ -148,7 +152,6 @@ class VideoMethod(pl.LightningModule):
             "%d unreadable video(s) were skipped and replaced during this %s epoch (first: %s)",
             len(skipped), stage, skipped[0],
         )
-        out_dir = Path(self.trainer.log_dir or self.trainer.default_root_dir)
         out_dir.mkdir(parents=True, exist_ok=True)
         with open(out_dir / "skipped_videos.txt", "a", encoding="utf-8") as handle:
             for path in skipped:

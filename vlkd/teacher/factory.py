@@ -257,6 +257,12 @@ class TeacherSpec:
     cache_dir: str | None = None
     offline: bool | None = None
 
+    def __post_init__(self) -> None:
+        # On the command line `--...teacher.pretrained null` reaches a dataclass field as a
+        # string; random weights are meant.
+        if isinstance(self.pretrained, str) and self.pretrained.strip().lower() in ("", "none", "null"):
+            self.pretrained = None
+
     def build(self, **kwargs) -> FrozenCLIP:
         return create_teacher(
             self.name, self.pretrained, precision=self.precision, cache_dir=self.cache_dir, offline=self.offline, **kwargs

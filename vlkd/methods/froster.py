@@ -1,0 +1,163 @@
+"""FROSTER: "Frozen CLIP Is A Strong Teacher for Open-Vocabulary Action Recognition"
+(Huang et al., ICLR 2024).
+
+Fine-tuning CLIP on a video dataset teaches it video-specific cues but makes it
+forget the general knowledge that lets it recognise unseen actions. FROSTER
+fine-tunes both CLIP towers (with a temporal module) by cross-entropy over the
+training classes, and at the same time distils from a frozen copy of the
+original CLIP: each student feature passes through a small *residual* projector
+whose output is pulled towards the frozen teacher's feature by a cosine loss.
+Because the projector sits beside an identity path (``f + alpha * MLP(f)``), the
+student feature itself is only loosely tied to the teacher: it can learn
+video-specific information while staying close to CLIP's generalisable space.
+Both the visual and the text branch are distilled this way. At test time only
+the student is used; the projectors are training-time only.
+
+Equations (``B`` clips of ``T`` frames, ``K`` training classes, ``D`` embedding width)
+-------------------------------------------------------------------------------------
+* Student frame and text embeddings, L2-normalised:
+  ``f_v[b,t] = norm(E_v(x[b,t]))`` (neighbour-frame attention inside ``E_v``),
+  ``f_t[k] = norm(E_t(prompt_k))``.
+* Video logits (frame logits averaged over time, fixed scale ``s``):
+  ``z[b,k] = s / T * sum_t <f_v[b,t], f_t[k]>``; ``L_ce = CE(z, y)``.
+* Residual projectors (one per branch, no biases, second layer zero-initialised so
+  ``P(f) = f`` at step 0): ``P(f) = f + alpha * W_2 GELU(W_1 f)``, ``alpha = 0.1``.
+* Distillation against the frozen teacher's L2-normalised embeddings of the same
+  frames and the same prompts:
+  ``L_v = mean_{b,t} (1 - cos(P_v(f_v[b,t]), g_v[b,t]))``,
+  ``L_t = mean_k (1 - cos(P_t(f_t[k]), g_t[k]))``.
+* ``L = L_ce + lambda * (L_v + L_t)``, ``lambda = 2``.
+
+Where the paper is vague, this implementation chooses
+------------------------------------------------------
+* The distilled features are the *normalised* student embeddings, per frame for
+  the visual branch (not the time-pooled video embedding), per class prompt for the
+  text branch; the teacher encodes the very same frames and prompts.
+* Temporal modelling is parameter-free neighbour-frame attention in every block
+  (:mod:`vlkd.models.video_clip`); ends of the clip are masked, not wrapped around.
+* The logit scale is the pretrained CLIP's, fixed (see :mod:`vlkd.methods.finetune`).
+* One prompt template per step for all classes (seeded by the global step);
+  evaluation averages all templates through the student's text tower.
+* Optimiser details (AdamW betas, no decay on biases/norms/embeddings/scale,
+  per-step cosine with linear warm-up) are in :mod:`vlkd.methods.finetune`.
+* Weight averaging over epochs is done by
+  :class:`vlkd.methods.callbacks.EpochWeightAveraging` (configs start it after the
+  warm-up epochs) and averages the student only: the projectors are not used at
+  inference.
+* ``residual=False`` (ablation) distils the student features directly
+  (``1 - cos(f, g)``) and builds no projector.
+
+Checkpoints hold the student and the projectors; the teacher is rebuilt from its
+spec and left out (FrozenCLIP drops its weights from the state dict), and
+checkpoints still load with ``strict=True``.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from vlkd.methods.finetune import VideoCLIPMethod
+from vlkd.teacher import TeacherSpec
+
+
+class ResidualProjector(nn.Module):
+    """``f -> f + alpha * MLP(f)``: (..., D) -> (..., D), the identity at initialisation.
+
+    MLP = Linear(D, D, bias=False) -> GELU -> Linear(D, D, bias=False) with the second
+    layer zero-initialised.
+    """
+
+    def __init__(self, dim: int, alpha: float = 0.1):
+        super().__init__()
+        self.alpha = alpha
+        self.mlp = nn.Sequential(nn.Linear(dim, dim, bias=False), nn.GELU(), nn.Linear(dim, dim, bias=False))
+        nn.init.zeros_(self.mlp[2].weight)
+
+    def forward(self, features: torch.Tensor) -> torch.Tensor:
+        return features + self.alpha * self.mlp(features)
+
+
+class FROSTER(VideoCLIPMethod):
+    """FROSTER: a fine-tuned CLIP student with residual feature distillation from a frozen CLIP.
+
+    Args:
+        teacher: the CLIP weights; the frozen teacher and the student's initial weights.
+        templates: template set name (``video``) or list; one is sampled per training step.
+        class_descriptions: JSON file of class name -> description appended to the prompts.
+        temporal: ``"neighbour"`` (neighbour-frame attention) or ``"none"``.
+        residual: distil through residual projectors (False: direct cosine to the teacher).
+        visual_distill: distil the per-frame visual embeddings.
+        text_distill: distil the class-prompt text embeddings.
+        distill_weight: lambda, the weight of the summed distillation terms.
+        alpha: the projectors' residual weight.
+        lr, weight_decay, warmup_epochs, grad_checkpointing: see
+            :class:`~vlkd.methods.finetune.VideoCLIPMethod`.
+    """
+
+    def __init__(
+        self,
+        teacher: TeacherSpec | None = None,
+        templates: str | list[str] = "video",
+        class_descriptions: str | None = None,
+        temporal: str = "neighbour",
+        residual: bool = True,
+        visual_distill: bool = True,
+        text_distill: bool = True,
+        distill_weight: float = 2.0,
+        alpha: float = 0.1,
+        lr: float = 3.33e-6,
+        weight_decay: float = 0.01,
+        warmup_epochs: float = 2.0,
+        grad_checkpointing: bool = False,
+    ):
+        frozen = (teacher or TeacherSpec()).build()
+        super().__init__(
+            frozen,
+            templates=templates,
+            class_descriptions=class_descriptions,
+            temporal=temporal,
+            pooling="logits",
+            lr=lr,
+            weight_decay=weight_decay,
+            warmup_epochs=warmup_epochs,
+            grad_checkpointing=grad_checkpointing,
+        )
+        self.save_hyperparameters()
+        self.teacher = frozen
+        self.distill_weight = distill_weight
+        self.visual_distill = visual_distill
+        self.text_distill = text_distill
+        # Projectors only for the distilled branches: an unused parameter would stall DDP.
+        dim = self.student.embed_dim
+        self.visual_projector = ResidualProjector(dim, alpha) if residual and visual_distill else None
+        self.text_projector = ResidualProjector(dim, alpha) if residual and text_distill else None
+        # Teacher embeddings of each step's prompts: there are only len(templates) distinct
+        # prompt lists for a fixed class list, and the teacher never changes.
+        self._teacher_text: dict[tuple[str, ...], torch.Tensor] = {}
+
+    def teacher_text(self, prompts: list[str]) -> torch.Tensor:
+        """(K,) prompts -> (K, D) the teacher's normalised embeddings, cached."""
+        key = (*prompts, str(self.device))
+        if key not in self._teacher_text:
+            self._teacher_text[key] = self.teacher.encode_prompts(prompts)
+        return self._teacher_text[key]
+
+    @staticmethod
+    def cosine_distance(student: torch.Tensor, teacher: torch.Tensor, projector: nn.Module | None) -> torch.Tensor:
+        """Mean of ``1 - cos(P(student), teacher)`` over all leading dimensions of (..., D) features."""
+        if projector is not None:
+            student = projector(student)
+        return (1.0 - F.cosine_similarity(student.float(), teacher.float(), dim=-1)).mean()
+
+    def extra_losses(self, video, frames, text, prompts) -> dict[str, torch.Tensor]:
+        """``lambda * L_v`` and ``lambda * L_t`` (module docstring) for the enabled branches."""
+        losses = {}
+        if self.visual_distill:
+            target = self.teacher.encode_frames(video)  # (B, T, D), no gradient
+            losses["distill_visual"] = self.distill_weight * self.cosine_distance(frames, target, self.visual_projector)
+        if self.text_distill:
+            target = self.teacher_text(prompts)  # (K, D)
+            losses["distill_text"] = self.distill_weight * self.cosine_distance(text, target, self.text_projector)
+        return losses

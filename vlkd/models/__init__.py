@@ -1,0 +1,44 @@
+"""Student backbones, by name: ``create_student("video_clip", teacher=teacher)``.
+
+A builder is a function registered with :func:`register_student` under its own
+name (timm style); it returns an ``nn.Module``. Nothing here imports Lightning.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from torch import nn
+
+from vlkd.errors import ConfigError
+from vlkd.models.video_clip import VideoCLIP
+
+__all__ = ["VideoCLIP", "create_student", "list_students", "register_student"]
+
+_STUDENTS: dict[str, Callable[..., nn.Module]] = {}
+
+
+def register_student(builder: Callable[..., nn.Module]) -> Callable[..., nn.Module]:
+    """Decorator: make ``builder`` available as ``create_student(builder.__name__, ...)``."""
+    if builder.__name__ in _STUDENTS:
+        raise ValueError(f"a student named {builder.__name__!r} is already registered")
+    _STUDENTS[builder.__name__] = builder
+    return builder
+
+
+def create_student(name: str, **kwargs) -> nn.Module:
+    """Build the student registered as ``name`` with the builder's keyword arguments."""
+    if name not in _STUDENTS:
+        raise ConfigError(f"unknown student {name!r}; registered: {list_students()}")
+    return _STUDENTS[name](**kwargs)
+
+
+def list_students() -> list[str]:
+    """Names accepted by :func:`create_student`."""
+    return sorted(_STUDENTS)
+
+
+@register_student
+def video_clip(teacher, temporal: str = "neighbour", grad_checkpointing: bool = False) -> VideoCLIP:
+    """A trainable copy of ``teacher``'s (a FrozenCLIP) open_clip model that encodes clips frame by frame."""
+    return VideoCLIP.from_teacher(teacher, temporal=temporal, grad_checkpointing=grad_checkpointing)
