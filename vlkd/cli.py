@@ -63,6 +63,14 @@ def run_lightning(argv: Sequence[str]) -> None:
     import vlkd.methods  # noqa: F401
 
     class VlkdLightningCLI(LightningCLI):
+        def after_fit(self) -> None:
+            # A fit ends with the final evaluation (with the averaged weights where
+            # EpochWeightAveraging is used): base / novel / HM printed and written
+            # as results.json in the run's log folder.
+            if self.trainer.interrupted or not hasattr(self.model, "eval_sets"):
+                return
+            self.trainer.test(self.model, datamodule=self.datamodule)
+
         def instantiate_classes(self) -> None:
             # jsonargparse reports a failing constructor as a ValueError listing every
             # union alternative; keep the one line that says what is wrong.

@@ -15,17 +15,35 @@ rendered at any resolution.
 
 Time, motion and blur
 ---------------------
-A clip covers time ``t`` in [0, 1].  A motion's progress ramps from 0 to 1
-between a random start and end time; frame ``i`` of ``T`` shows ``t = (i + 0.5) / T``
-averaged over three sub-samples spanning one frame interval, i.e. motion blur.
-The blur is symmetric in time, so a frame shows *how* something moves (a
-horizontal smear, a halo of growth, a rotational smudge) but not which way.
+A clip covers time ``t`` in [0, 1].  A motion runs between a random start and
+end time.  Translations and rotations *ease in*: their progress is the square
+of the elapsed fraction, so they start slowly and speed up, as a pushed or
+falling object does; growing, opening and appearing progress linearly.
+Frame ``i`` of ``T`` shows ``t = (i + 0.5) / T`` averaged over three sub-samples
+spanning one frame interval, i.e. motion blur, so a frame shows *how*
+something moves (a horizontal smear, a halo of growth, a rotational smudge)
+but hardly which way.
 
-The backward class of an axis ("moving right", "shrinking", "closing", ...) is
-rendered by drawing the forward scene and playing it backwards: every pixel of
-a "moving right" clip is a "moving left" clip reversed in time, nuisance
-included.  Twins therefore have exactly the same distribution of single frames
-and differ only in temporal order.
+Twins: direction without a time-reversal shortcut
+-------------------------------------------------
+The backward class of an axis ("moving right", "shrinking", "closing", ...)
+draws exactly the random scene its forward twin would draw from the same
+generator (object, size, path, timing, nuisance) and runs the motion the other
+way.  For translations and rotations this is *not* the forward clip played
+backwards: a reversed "moving left" clip would slow down towards the right,
+whereas "moving right" speeds up towards the right.  That matters because a
+student whose temporal modelling is blind to the order of its neighbours
+(FROSTER's neighbour-frame attention sees the previous and the next frame as
+one unordered set) can never tell a clip from its exact time reversal, but can
+tell "speeding up to the right" from "speeding up to the left" (the farther
+neighbour lies ahead).  The scale, aperture and opacity twins progress
+linearly, so each is the other's time reversal in distribution: they separate
+models that know the order of frames from those that do not.
+
+Single frames of twins stay alike: the same scenes, colours, shapes and paths.
+Linear twins have identically distributed frames; eased ones differ only in
+where along its (randomly placed) path the object spends its time, a shift of
+a sixth of the path length on average.
 
 Stills and captions (for a still-image CLIP teacher)
 ----------------------------------------------------
@@ -41,10 +59,11 @@ the frozen teacher for video students.  The captions are designed so that
 * static classes are learnable from a still: colour, shape and ground are all
   visible, so the teacher should score far above chance on them, base and
   novel alike, since novel names are new compositions of taught words;
-* temporal twins are *not* separable from a still, by construction: a caption
-  of a frame from "red ball moving left" says "moving left" (as a web caption
-  of a video thumbnail would), but twin clips have identically distributed
-  frames (see above), so the direction word is independent of the pixels.  The
+* temporal twins are (nearly) not separable from a still, by construction: a
+  caption of a frame from "red ball moving left" says "moving left" (as a web
+  caption of a video thumbnail would), but twin clips have (nearly) identically
+  distributed frames (see above), so the direction word is (nearly) independent
+  of the pixels.  The
   teacher learns the word, not how to see it; averaging its frame embeddings
   over a clip leaves it at chance between twins, which is CLIP's weakness on
   Something-Something that distillation into a video student must overcome.
@@ -85,6 +104,8 @@ DEFAULT_SIZE = 64
 # Sub-samples per frame for motion blur: odd, so the middle one is the frame's own time.
 _BLUR_SAMPLES = 3
 _TAU = 2 * math.pi
+# Axes whose motion eases in (module docstring); the others progress linearly.
+_EASED_AXES = ("horizontal", "vertical", "rotation")
 
 
 def as_concepts(class_or_concepts: ActionClass | Concepts | str | None, rng: np.random.Generator | None = None
@@ -111,16 +132,15 @@ def render_clip(
     """A clip of ``action`` as uint8 RGB frames ``(frames, size, size, 3)``.
 
     All randomness comes from ``rng``, so a seeded generator gives identical
-    frames.  Backward-direction classes are the forward scene played backwards
-    (module docstring): with equally seeded generators, the clip of
-    "red ball moving right" equals the clip of "red ball moving left" reversed.
+    frames.  With equally seeded generators, "red ball moving right" shows the
+    scene of "red ball moving left" with the motion running the other way
+    (module docstring).
     """
     concepts = as_concepts(action)
     _check_positive(size=size, frames=frames)
-    scene = _sample_forward_scene(rng, concepts, style)
+    scene = _sample_class_scene(rng, concepts, style)
     times = (np.arange(frames) + 0.5) / frames
-    video = _render(scene, size, times, exposure=1.0 / frames, rng=rng)
-    return video[::-1].copy() if concepts.reversed else video
+    return _render(scene, size, times, exposure=1.0 / frames, rng=rng)
 
 
 def render_still(
@@ -140,7 +160,7 @@ def render_still(
     """
     concepts = as_concepts(class_or_concepts, rng)
     _check_positive(size=size)
-    scene = _sample_forward_scene(rng, concepts, style)
+    scene = _sample_class_scene(rng, concepts, style)
     time = np.array([rng.random()])
     image = _render(scene, size, time, exposure=1.0 / DEFAULT_FRAMES, rng=rng)[0]
     pose = scene.main.pose(time)
@@ -201,29 +221,37 @@ class _Object:
     amount: float = 0.0  # the axis's extent: distance, angle, radius change or mouth half-angle
     ramp: tuple[float, float] = (0.0, 1.0)  # start and end time of the motion
     in_front: bool = True  # distractors: drawn over the named object or under it
+    backward: bool = False  # run the axis's motion in its backward direction
 
     def pose(self, times: np.ndarray) -> _Pose:
         start, end = self.ramp
         progress = np.clip((times - start) / (end - start), 0.0, 1.0)
+        if self.axis in _EASED_AXES:
+            # Ease-in: the motion speeds up, so a clip and its time reversal differ
+            # even to a model blind to the order of neighbouring frames.
+            progress = progress**2
         amplitude, cycles, phase = self.wobble
         wobble = amplitude * np.sin(_TAU * cycles * times + phase)
         x = self.x + self.drift[0] * (times - 0.5) + wobble
         y = self.y + self.drift[1] * (times - 0.5) + wobble * 0.5
         ones = np.ones_like(times)
         radius, angle, aperture, opacity = self.radius * ones, self.angle * ones, 0.0 * ones, ones
-        # Forward directions only: backward classes are rendered by reversing the clip.
+        sign = -1.0 if self.backward else 1.0
+        # How far along the forward direction the object is: the backward direction
+        # starts where the forward one ends (big, open, visible) and heads back.
+        forward_state = 1.0 - progress if self.backward else progress
         if self.axis == "horizontal":
-            x = x + self.amount * (0.5 - progress)  # leftwards
+            x = x + sign * self.amount * (0.5 - progress)  # forward: leftwards
         elif self.axis == "vertical":
-            y = y + self.amount * (0.5 - progress)  # upwards (image y points down)
+            y = y + sign * self.amount * (0.5 - progress)  # forward: upwards (image y points down)
         elif self.axis == "scale":
-            radius = self.radius + self.amount * progress
+            radius = self.radius + self.amount * forward_state
         elif self.axis == "rotation":
-            angle = self.angle + self.amount * progress
+            angle = self.angle + sign * self.amount * progress
         elif self.axis == "aperture":
-            aperture = self.amount * progress
+            aperture = self.amount * forward_state
         elif self.axis == "opacity":
-            opacity = progress
+            opacity = forward_state
         return _Pose(x, y, radius, angle, aperture, opacity)
 
 
@@ -253,9 +281,11 @@ class _Scene:
     noise: float = 0.0
 
 
-def _sample_forward_scene(rng: np.random.Generator, concepts: Concepts, style: str | Style) -> _Scene:
-    """The scene of ``concepts`` played forwards: a backward class draws its twin's scene (module docstring)."""
-    return _sample_scene(rng, concepts.twin() if concepts.reversed else concepts, get_style(style))
+def _sample_class_scene(rng: np.random.Generator, concepts: Concepts, style: str | Style) -> _Scene:
+    """The scene of ``concepts``: a backward class draws its forward twin's scene and runs it the other way."""
+    scene = _sample_scene(rng, concepts.twin() if concepts.reversed else concepts, get_style(style))
+    scene.main.backward = concepts.reversed
+    return scene
 
 
 def _sample_scene(rng: np.random.Generator, concepts: Concepts, style: Style) -> _Scene:

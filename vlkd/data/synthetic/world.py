@@ -18,10 +18,10 @@ Every class is a composition of three concepts, and its name is their words::
 A **static** class is recognisable from any single frame: its object's colour
 and shape plus the ground it stands on.  A **temporal** class has a *twin*:
 the class with the same colour, shape and axis but the opposite direction.
-The renderer draws a twin's clip as the time reversal of the other's (same
-nuisance draws, progress ``1 - p`` instead of ``p``), so the twins differ only
-in temporal order, as SSv2's "pushing left" and "pushing right" do, and a
-single frame cannot tell them apart.
+The renderer draws a twin's clip from the same scene as the other's (same
+nuisance draws) with the motion run the other way, so the twins differ in
+temporal order, as SSv2's "pushing left" and "pushing right" do, and a single
+frame hardly tells them apart (the renderer's docstring gives the details).
 
 Halves
 ------
@@ -90,7 +90,7 @@ class MotionAxis:
     """A kind of motion with two opposite directions.
 
     ``forward`` is the phrase for progress 0 -> 1 of the motion, ``backward`` for
-    the reversed clip.  ``shapes`` are the shapes on which the motion is visible
+    the motion run the other way (also easing in; not the reversed clip).  ``shapes`` are the shapes on which the motion is visible
     (a rotating ball looks like a still ball).
     """
 
@@ -167,7 +167,7 @@ class Concepts:
 
     @property
     def reversed(self) -> bool:
-        """True for the backward direction of an axis (its clips are rendered time-reversed)."""
+        """True for the backward direction of an axis (its twin's scene with the motion run the other way)."""
         return self.motion is not None and MOTIONS[self.motion][1]
 
     def twin(self) -> Concepts | None:
