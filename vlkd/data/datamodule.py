@@ -219,6 +219,9 @@ class SynthActionsDataModule(VideoDataModule):
         seed: the 16-shot training list, 1..3.
         size: frame side in pixels when rendering.
         frames: frames per rendered clip.
+        clips_per_class: evaluation clips per class when rendering.
+        train_clips_per_class: base training pool per class when rendering.
+        shots: clips per base class in each seed's training list when rendering.
         zero_shot_styles: other styles whose zero-shot lists are evaluated too
             (cross-dataset protocol), rendered beside ``root`` as ``<root>_<style>``.
         **kwargs: the remaining :class:`VideoDataModule` options.
@@ -232,6 +235,9 @@ class SynthActionsDataModule(VideoDataModule):
         seed: int = 1,
         size: int = 64,
         frames: int = 16,
+        clips_per_class: int = 8,
+        train_clips_per_class: int = 32,
+        shots: int = 16,
         zero_shot_styles: list[str] | None = None,
         num_frames: int = 8,
         image_size: int = 64,
@@ -241,7 +247,10 @@ class SynthActionsDataModule(VideoDataModule):
     ):
         from vlkd.data.synthetic import default_dataset_name
 
-        self.world_settings = {"seed": world_seed, "style": style, "size": size, "frames": frames}
+        self.world_settings = {
+            "seed": world_seed, "style": style, "size": size, "frames": frames, "clips_per_class": clips_per_class,
+            "train_clips_per_class": train_clips_per_class, "shots": shots,
+        }
         self.other_worlds = {s: f"{str(root).rstrip('/')}_{s}" for s in (zero_shot_styles or [])}
         zero_shot = [
             ZeroShotSpec(default_dataset_name(s), root=path, split=1, split_dir=path)
