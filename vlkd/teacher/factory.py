@@ -21,6 +21,7 @@ ViT-B/16 does.
 
 from __future__ import annotations
 
+import contextlib
 import difflib
 import json
 import logging
@@ -132,7 +133,8 @@ def _load_open_clip(name: str, pretrained: str | None, cache_dir: str | None, of
             checkpoint = str(candidate)
         else:
             checkpoint, quick_gelu = _find_pretrained(name, pretrained, cache_dir, offline)
-    model = open_clip.create_model(name, pretrained=None, force_quick_gelu=quick_gelu)
+    with _no_random_init_warning(enabled=checkpoint is not None):
+        model = open_clip.create_model(name, pretrained=None, force_quick_gelu=quick_gelu)
     if checkpoint is not None:
         # open_clip's loader reads safetensors, or torch.load with weights_only=True,
         # and understands OpenAI's original TorchScript archives.
@@ -141,6 +143,22 @@ def _load_open_clip(name: str, pretrained: str | None, cache_dir: str | None, of
         log.warning("teacher %s has random weights (no pretrained given)", name)
     tokenizer = open_clip.get_tokenizer(name)
     return OpenCLIPAdapter(model, tokenizer, _open_clip_preprocess(model))
+
+
+@contextlib.contextmanager
+def _no_random_init_warning(enabled: bool):
+    """Silence open_clip's "initialized randomly" warning when weights are loaded right after."""
+
+    def drop(record: logging.LogRecord) -> bool:
+        return not str(record.msg).startswith("No pretrained weights loaded")
+
+    root = logging.getLogger()
+    if enabled:
+        root.addFilter(drop)
+    try:
+        yield
+    finally:
+        root.removeFilter(drop)
 
 
 def _open_clip_preprocess(model) -> PreprocessConfig:
