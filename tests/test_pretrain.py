@@ -132,6 +132,24 @@ def _names_in(caption: str):
                 continue
 
 
+def test_shape_groups_put_stills_that_differ_only_in_shape_in_one_batch():
+    from vlkd.teacher.pretrain import _PoolBatches
+
+    pool = render_pool(2000, seed=0, size=8, workers=1, progress=False)
+    batches = _PoolBatches(pool, 32, seed=0, augment=False, shape_groups=0.5)
+    sizes = []
+    for anchor in range(0, 2000, 50):
+        group = batches._group(anchor)
+        keys = {(pool.styles[i], pool.names[i].split(" ")[0], pool.names[i].split(" ", 2)[2]) for i in group}
+        shapes = [pool.names[i].split(" ")[1] for i in group]
+        assert group[0] == anchor and len(keys) == 1 and len(set(shapes)) == len(shapes)
+        sizes.append(len(group))
+    assert max(sizes) == 4 and sum(sizes) / len(sizes) > 2.5  # all shapes of the key the pool holds
+    images, captions = batches.next()
+    assert images.shape == (32, 8, 8, 3) and len(captions) == 32
+    assert captions != _PoolBatches(pool, 32, seed=0, augment=False).next()[1]
+
+
 # --------------------------------------------------------------------------- model and training
 
 
