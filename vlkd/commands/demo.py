@@ -1,0 +1,82 @@
+"""``vlkd demo``: a local web page for zero-shot action queries on a video.
+
+Upload a video (or pick a shipped SynthActions sample), type action names
+separated by commas, and see the top-k actions with their probabilities and,
+frame by frame, how well each action matches: the frozen teacher by default,
+or a trained FROSTER student from ``--checkpoint``. Needs ``pip install "vlkd[demo]"``.
+
+    vlkd demo                                      # the shipped teacher, http://127.0.0.1:7860
+    vlkd demo --checkpoint runs/froster_synth/lightning_logs/version_0/checkpoints/averaged.ckpt
+    vlkd demo --teacher ViT-B-16 --pretrained /ckpt/ViT-B-16.pt --port 8080
+"""
+
+from __future__ import annotations
+
+import argparse
+from collections.abc import Sequence
+
+import torch
+
+from vlkd.commands.zeroshot import DEFAULT_TEACHER
+from vlkd.demo.handler import DEFAULT_FPS, DEFAULT_MAX_FRAMES, MAX_CLASSES
+from vlkd.errors import ConfigError
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="vlkd demo", description=__doc__.split("\n\n")[0],
+                                     formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    parser.add_argument("--teacher", default=DEFAULT_TEACHER[0],
+                        help="open_clip architecture name or a weights folder of the frozen teacher")
+    parser.add_argument("--pretrained", default=None,
+                        help=f"pretrained tag or checkpoint file for an architecture name "
+                             f"(default: {DEFAULT_TEACHER[1]!r} for {DEFAULT_TEACHER[0]}, else none)")
+    parser.add_argument("--checkpoint", default=None,
+                        help="a FROSTER checkpoint (.ckpt from `vlkd fit`) to offer its student besides the teacher")
+    parser.add_argument("--host", default="127.0.0.1", help="address to serve on (0.0.0.0 exposes it to the network)")
+    parser.add_argument("--port", type=int, default=7860, help="port to serve on")
+    parser.add_argument("--fps", type=float, default=DEFAULT_FPS, help="frames scored per second of video")
+    parser.add_argument("--max-frames", type=int, default=DEFAULT_MAX_FRAMES,
+                        help="most frames scored per video; longer videos are sampled evenly over their length")
+    parser.add_argument("--max-classes", type=int, default=MAX_CLASSES, help="most action names per query")
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    return parser
+
+
+def load_models(args: argparse.Namespace) -> list:
+    """The scorers the page offers: the student first when a checkpoint is given, then the teacher."""
+    from vlkd.demo.handler import TeacherScorer, load_student_scorer, load_teacher_scorer
+
+    scorers = []
+    if args.checkpoint is not None:
+        student = load_student_scorer(args.checkpoint, args.device)
+        scorers.append(student)
+    pretrained = args.pretrained
+    if pretrained is None and args.teacher == DEFAULT_TEACHER[0]:
+        pretrained = DEFAULT_TEACHER[1]
+    held = getattr(scorers[0].method, "teacher", None) if scorers else None
+    if held is not None and held.name == f"{args.teacher}:{pretrained}":
+        # FROSTER already holds this frozen teacher: offer it rather than loading it twice.
+        scorers.append(TeacherScorer(held, f"frozen teacher: {args.teacher} ({pretrained})"))
+    else:
+        scorers.append(load_teacher_scorer(args.teacher, pretrained, args.device))
+    return scorers
+
+
+def main(argv: Sequence[str]) -> int:
+    args = build_parser().parse_args(list(argv))
+    if args.fps <= 0 or args.max_frames < 1 or args.max_classes < 1:
+        raise ConfigError("--fps, --max-frames and --max-classes must be positive")
+    if not 0 < args.port < 65536:
+        raise ConfigError(f"--port must be between 1 and 65535, got {args.port}")
+    try:
+        from vlkd.demo.app import build_demo, launch
+    except ImportError as error:
+        raise ConfigError(f"the demo needs Gradio ({error}): pip install \"vlkd[demo]\"") from None
+    scorers = load_models(args)
+    demo = build_demo(scorers, fps=args.fps, max_frames=args.max_frames, max_classes=args.max_classes)
+    print(f"models loaded: {', '.join(s.label for s in scorers)}")
+    try:
+        launch(demo, host=args.host, port=args.port)
+    except OSError as error:
+        raise ConfigError(f"cannot serve on {args.host}:{args.port} ({error}): pick another --port") from None
+    return 0

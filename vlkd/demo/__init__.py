@@ -1,0 +1,32 @@
+"""The ``vlkd demo`` web page: zero-shot action queries on a video, with a plot over time.
+
+* :mod:`~vlkd.demo.handler`: the scoring logic (no UI): decode, embed, score, reject bad input;
+* :mod:`~vlkd.demo.app`: the Gradio page around it (needs ``pip install "vlkd[demo]"``);
+* :mod:`~vlkd.demo.samples`: the SynthActions sample clips shipped in ``data/samples``.
+
+Importing this package does not import Gradio.
+"""
+
+from vlkd.demo.handler import (
+    DemoInputError,
+    Scorer,
+    Scores,
+    StudentScorer,
+    TeacherScorer,
+    load_student_scorer,
+    load_teacher_scorer,
+    parse_names,
+    score_video,
+)
+
+__all__ = [
+    "DemoInputError",
+    "Scorer",
+    "Scores",
+    "StudentScorer",
+    "TeacherScorer",
+    "load_student_scorer",
+    "load_teacher_scorer",
+    "parse_names",
+    "score_video",
+]
