@@ -4,6 +4,15 @@ from vlkd.methods.base import VideoMethod, trainable_parameters
 from vlkd.methods.callbacks import EpochWeightAveraging
 from vlkd.methods.finetune import FineTuneCLIP
 from vlkd.methods.froster import FROSTER
+from vlkd.methods.residualvit import ResidualViTDistillation
 from vlkd.methods.zeroshot import ZeroShotCLIP
 
-__all__ = ["FROSTER", "EpochWeightAveraging", "FineTuneCLIP", "VideoMethod", "ZeroShotCLIP", "trainable_parameters"]
+__all__ = [
+    "FROSTER",
+    "EpochWeightAveraging",
+    "FineTuneCLIP",
+    "ResidualViTDistillation",
+    "VideoMethod",
+    "ZeroShotCLIP",
+    "trainable_parameters",
+]

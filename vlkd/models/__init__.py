@@ -11,9 +11,18 @@ from collections.abc import Callable
 from torch import nn
 
 from vlkd.errors import ConfigError
+from vlkd.models.residual_vit import ResidualViT, StreamState, residual_vit_from_checkpoint
 from vlkd.models.video_clip import VideoCLIP
 
-__all__ = ["VideoCLIP", "create_student", "list_students", "register_student"]
+__all__ = [
+    "ResidualViT",
+    "StreamState",
+    "VideoCLIP",
+    "create_student",
+    "list_students",
+    "register_student",
+    "residual_vit_from_checkpoint",
+]
 
 _STUDENTS: dict[str, Callable[..., nn.Module]] = {}
 
@@ -42,3 +51,28 @@ def list_students() -> list[str]:
 def video_clip(teacher, temporal: str = "neighbour", grad_checkpointing: bool = False) -> VideoCLIP:
     """A trainable copy of ``teacher``'s (a FrozenCLIP) open_clip model that encodes clips frame by frame."""
     return VideoCLIP.from_teacher(teacher, temporal=temporal, grad_checkpointing=grad_checkpointing)
+
+
+@register_student
+def residual_vit(
+    teacher,
+    group_size: int | None = None,
+    drop_ratio: float | None = None,
+    selection: str = "motion",
+    residual_token: bool = True,
+    tokenizer: str = "linear",
+    checkpoint: str | None = None,
+) -> ResidualViT:
+    """ResidualViT on ``teacher``'s frozen image tower (shared, not copied).
+
+    ``checkpoint``: a trained tokenizer, whose group size and drop ratio are used unless
+    given here; without one the published defaults (4, 0.85) and an untrained tokenizer.
+    """
+    if checkpoint is not None:
+        return residual_vit_from_checkpoint(
+            teacher, checkpoint, group_size=group_size, drop_ratio=drop_ratio, selection=selection
+        )
+    return ResidualViT(
+        teacher, 4 if group_size is None else group_size, 0.85 if drop_ratio is None else drop_ratio,
+        selection, residual_token, tokenizer,
+    )
