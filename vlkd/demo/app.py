@@ -97,17 +97,17 @@ def build_demo(
                 button = gr.Button("Score", variant="primary", elem_id="score")
             with gr.Column(scale=1):
                 label = gr.Label(label="top actions", elem_id="label")
-                plot = gr.LinePlot(x="time (s)", y="score", color="action", x_title="time (s)",
-                                   y_title=CURVES["probability"][1], height=360, label="each action over time",
-                                   elem_id="plot")
                 status = gr.Markdown(label="status", elem_id="status")
-        if samples:
-            gr.Examples(
-                examples=[[str(path), sample.queries] for path, sample in samples],
-                example_labels=[getattr(sample, "title", Path(path).stem) for path, sample in samples],
-                inputs=[video, names],
-                label="samples from the SynthActions world (click one, then Score)",
-            )
+                if samples:
+                    gr.Examples(
+                        examples=[[str(path), sample.queries] for path, sample in samples],
+                        example_labels=[getattr(sample, "title", Path(path).stem) for path, sample in samples],
+                        inputs=[video, names],
+                        label="samples from the SynthActions world (click one, then Score)",
+                    )
+        # Full width: time runs along x, and the legend has room for many action names.
+        plot = gr.LinePlot(x="time (s)", y="score", color="action", x_title="time (s)",
+                           y_title=CURVES["probability"][1], label="each action over time", elem_id="plot")
         gr.Markdown(
             f"Frames are scored at {fps:g} per second, at most {max_frames} per video (longer videos are sampled "
             f"evenly over their whole length); at most {max_classes} action names per query."
