@@ -75,6 +75,9 @@ from vlkd.errors import ConfigError, MissingFileError
 SELECTIONS = ("random", "uniform", "centre", "motion")
 TOKENIZERS = ("linear", "mlp")
 
+# Frames whose pixel differences are taken at once when scoring motion.
+_MOTION_CHUNK = 16
+
 #: File name the training method exports the tokenizer under, beside its logs.
 TOKENIZER_FILE = "residual_tokenizer.safetensors"
 
@@ -86,7 +89,7 @@ def num_kept_patches(num_patches: int, drop_ratio: float) -> int:
 
 def patch_motion(frames: torch.Tensor, previous: torch.Tensor, patch_size: int) -> torch.Tensor:
     """(n, C, H, W) frames and their previous frames in [0, 1] -> (n, P) mean absolute change per patch."""
-    change = (frames.float() - previous.float()).abs().mean(dim=1, keepdim=True)  # (n, 1, H, W)
+    change = (frames.float() - previous.float()).abs_().mean(dim=1, keepdim=True)  # (n, 1, H, W)
     return F.avg_pool2d(change, patch_size).flatten(1)
 
 
@@ -289,15 +292,7 @@ class ResidualViT(nn.Module):
         if count == 0:
             return images.new_zeros(0, self.embed_dim, dtype=torch.float32)
         keep = self.select_tokens(images, previous, selection, generator)
-        if self.tokenizer is not None and i_features is None:
-            raise ValueError("the residual token needs the I-frame embedding of every P-frame")
-        outputs = []
-        step = self.teacher.frame_chunk
-        for start in range(0, count, step):
-            part = slice(start, start + step)
-            residual = i_features[part] if self.tokenizer is not None else None
-            outputs.append(self._reduced_forward(images[part], keep[part], residual))
-        return torch.cat(outputs)
+        return self._reduced(images, torch.arange(count, device=images.device), keep, i_features)
 
     def select_tokens(
         self,
@@ -316,21 +311,40 @@ class ResidualViT(nn.Module):
             if previous is None:
                 raise ValueError("motion selection needs each P-frame's previous frame")
             motion = patch_motion(images, previous, self.patch_size)
-        elif selection == "motion":
-            selection = "uniform"  # every patch is kept: no scores needed, same set
-        return select_patches(selection, images.shape[0], self.num_kept, self.grid, motion, generator, images.device)
+        return self._select(selection, images.shape[0], motion, generator, images.device)
 
-    def _reduced_forward(self, images: torch.Tensor, keep: torch.Tensor, i_features: torch.Tensor | None) -> torch.Tensor:
+    def _select(self, selection, count, motion, generator, device) -> torch.Tensor:
+        if selection == "motion" and motion is None:
+            selection = "uniform"  # every patch is kept: no scores needed, the same set
+        return select_patches(selection, count, self.num_kept, self.grid, motion, generator, device)
+
+    def _reduced(
+        self, pixels: torch.Tensor, frames: torch.Tensor, keep: torch.Tensor, i_features: torch.Tensor | None
+    ) -> torch.Tensor:
+        """Frames ``frames`` (n,) of ``pixels`` (F, C, S, S) with patches ``keep`` (n, K) -> (n, D), in chunks."""
+        if self.tokenizer is not None and i_features is None:
+            raise ValueError("the residual token needs the I-frame embedding of every P-frame")
+        outputs = []
+        step = self.teacher.frame_chunk
+        for start in range(0, len(frames), step):
+            part = slice(start, start + step)
+            residual = i_features[part] if self.tokenizer is not None else None
+            outputs.append(self._reduced_forward(pixels, frames[part], keep[part], residual))
+        return torch.cat(outputs)
+
+    def _reduced_forward(
+        self, pixels: torch.Tensor, frames: torch.Tensor, keep: torch.Tensor, i_features: torch.Tensor | None
+    ) -> torch.Tensor:
         visual = self.visual
         teacher = self.teacher
-        pixels = (images.to(teacher.pixel_mean.dtype) - teacher.pixel_mean) / teacher.pixel_std
         with teacher._autocast(pixels.device):
-            patches = _patchify(pixels, self.patch_size)  # (n, P, C*ps*ps)
-            index = keep.unsqueeze(-1)
-            kept = patches.gather(1, index.expand(-1, -1, patches.shape[-1]))
+            # Cut the kept patches out of the pixels (no copy of the dropped ones), then normalise them.
+            patches = _gather_patches(pixels, frames, keep, self.patch_size)  # (n, K, C, ps, ps)
+            mean, std = teacher.pixel_mean.view(1, 1, -1, 1, 1), teacher.pixel_std.view(1, 1, -1, 1, 1)
+            patches = ((patches.to(mean.dtype) - mean) / std).flatten(2)  # (n, K, C*ps*ps)
             # The patch embedding (a stride-ps convolution) applied to the kept patches only.
-            kernel = visual.conv1.weight.flatten(1)  # (W, C*ps*ps), same channel-row-column order
-            x = F.linear(kept, kernel, visual.conv1.bias)  # (n, K, W)
+            kernel = visual.conv1.weight.flatten(1)  # (W, C*ps*ps), the same channel-row-column order
+            x = F.linear(patches, kernel, visual.conv1.bias)  # (n, K, W)
             positions = visual.positional_embedding.to(x.dtype)
             x = x + positions[1:][keep]
             cls = (visual.class_embedding.to(x.dtype) + positions[0]).expand(x.shape[0], 1, -1)
@@ -369,42 +383,57 @@ class ResidualViT(nn.Module):
         if video.ndim != 5 or video.shape[2] != 3:
             raise ValueError(f"encode_video expects (B, T, 3, H, W) frames in [0, 1], got {tuple(video.shape)}")
         state = state or StreamState()
+        selection = selection or self.selection
         batch, frames = video.shape[:2]
-        pixels = self.resize(video.flatten(0, 1)).view(batch, frames, 3, self.image_size, self.image_size)
-        is_i = self.i_frame_mask(frames, state.position).to(video.device)
+        size = self.image_size
+        pixels = self.resize(video.flatten(0, 1)).view(batch, frames, 3, size, size)
         if state.position % self.group_size != 0 and state.i_features is None:
             raise ValueError("a chunk that starts inside a group needs the state of the previous chunk")
+        is_i = self.i_frame_mask(frames, state.position).tolist()
+        i_index = [t for t in range(frames) if is_i[t]]
+        p_index = [t for t in range(frames) if not is_i[t]]
 
         features = pixels.new_zeros(batch, frames, self.embed_dim, dtype=torch.float32)
-        if full_features is not None:
-            features[:, is_i] = full_features[:, is_i].float()
-        elif is_i.any():
-            features[:, is_i] = self.encode_full(pixels[:, is_i].flatten(0, 1)).view(batch, -1, self.embed_dim)
+        if i_index and full_features is not None:
+            features[:, i_index] = full_features[:, i_index].float()
+        elif i_index:
+            features[:, i_index] = self.encode_full(pixels[:, i_index].flatten(0, 1)).view(batch, -1, self.embed_dim)
 
-        is_p = ~is_i
-        if is_p.any():
-            # The I-frame of every P-frame: the last I-frame at or before it, in this chunk or before it.
-            positions = torch.arange(frames, device=video.device)
-            last_i = torch.cummax(torch.where(is_i, positions, torch.full_like(positions, -1)), dim=0).values
-            i_seq = features.new_zeros(batch, frames, self.embed_dim)
-            from_chunk = last_i >= 0
-            i_seq[:, from_chunk] = features[:, last_i[from_chunk]]
-            if (~from_chunk).any():
-                i_seq[:, ~from_chunk] = state.i_features.float().unsqueeze(1)
-            previous = None
-            if (selection or self.selection) == "motion":
-                first = state.previous if state.previous is not None else pixels[:, 0]
-                previous = torch.cat([first.unsqueeze(1), pixels[:, :-1]], dim=1)[:, is_p].flatten(0, 1)
-            reduced = self.encode_reduced(
-                pixels[:, is_p].flatten(0, 1), i_seq[:, is_p].flatten(0, 1), previous, selection, generator
-            )
-            features = _place(features, is_p, reduced.view(batch, -1, self.embed_dim))
+        if p_index:
+            # Every P-frame's I-frame: the last I-frame at or before it, in this chunk or (stream) before it.
+            i_seq = []
+            for t in p_index:
+                source = max((i for i in i_index if i <= t), default=None)
+                i_seq.append(features[:, source] if source is not None else state.i_features.float())
+            i_seq = torch.stack(i_seq, dim=1).flatten(0, 1)  # (B * P-frames, D), batch-major
+            motion = None
+            if selection == "motion" and self.num_kept < self.num_patches:
+                motion = self._motion(pixels, state.previous)[:, p_index].flatten(0, 1)
+            frame_ids = (torch.arange(batch, device=video.device)[:, None] * frames
+                         + torch.tensor(p_index, device=video.device)).flatten()
+            keep = self._select(selection, len(frame_ids), motion, generator, video.device)
+            reduced = self._reduced(pixels.flatten(0, 1), frame_ids, keep, i_seq)
+            features = _place(features, p_index, reduced.view(batch, len(p_index), self.embed_dim))
         if not return_state:
             return features
-        last_i_index = torch.nonzero(is_i).flatten()
-        i_features = features[:, last_i_index[-1]].detach() if len(last_i_index) else state.i_features
-        new_state = StreamState(state.position + frames, i_features, pixels[:, -1].detach())
-        return features, new_state
+        i_features = features[:, i_index[-1]].detach() if i_index else state.i_features
+        return features, StreamState(state.position + frames, i_features, pixels[:, -1].detach().clone())
+
+    def _motion(self, pixels: torch.Tensor, previous: torch.Tensor | None) -> torch.Tensor:
+        """(B, T, C, S, S) frames (and the frame before the first) -> (B, T, P) change since the previous frame.
+
+        Frame 0 without a previous frame scores 0 everywhere (it is an I-frame then).
+        """
+        batch, frames = pixels.shape[:2]
+        scores = pixels.new_zeros(batch, frames, self.num_patches, dtype=torch.float32)
+        for start in range(1, frames, _MOTION_CHUNK):  # bounded temporaries for long chunks
+            stop = min(frames, start + _MOTION_CHUNK)
+            scores[:, start:stop] = patch_motion(
+                pixels[:, start:stop].flatten(0, 1), pixels[:, start - 1 : stop - 1].flatten(0, 1), self.patch_size
+            ).view(batch, stop - start, -1)
+        if previous is not None:
+            scores[:, 0] = patch_motion(pixels[:, 0], previous, self.patch_size)
+        return scores
 
     def forward(self, video: torch.Tensor) -> torch.Tensor:
         """(B, T, C, H, W) in [0, 1] -> (B, T, D): :meth:`encode_video` from the start of each video."""
@@ -436,25 +465,28 @@ class ResidualViT(nn.Module):
         return path
 
 
-def _place(features: torch.Tensor, mask: torch.Tensor, values: torch.Tensor) -> torch.Tensor:
-    """``features`` (B, T, D) with the frames of ``mask`` (T,) replaced by ``values`` (B, mask.sum(), D).
+def _place(features: torch.Tensor, frames: list[int], values: torch.Tensor) -> torch.Tensor:
+    """``features`` (B, T, D) with frames ``frames`` replaced by ``values`` (B, len(frames), D).
 
     Out of place, so that gradients reach ``values`` when training.
     """
-    index = torch.cumsum(mask.long(), 0) - 1  # position of each masked frame among the masked ones
+    index = torch.full((features.shape[1],), -1, dtype=torch.long, device=features.device)
+    index[frames] = torch.arange(len(frames), device=features.device)
     gathered = values[:, index.clamp(min=0)]
-    return torch.where(mask.view(1, -1, 1), gathered, features)
+    return torch.where((index >= 0).view(1, -1, 1), gathered, features)
 
 
-def _patchify(pixels: torch.Tensor, patch: int) -> torch.Tensor:
-    """(n, C, H, W) -> (n, P, C*patch*patch), patches in raster order, each flattened channel-row-column.
+def _gather_patches(pixels: torch.Tensor, frames: torch.Tensor, keep: torch.Tensor, patch: int) -> torch.Tensor:
+    """Patches ``keep`` (n, K) (raster order) of frames ``frames`` (n,) of ``pixels`` (F, C, H, W) -> (n, K, C, ps, ps).
 
-    The order matches a stride-``patch`` convolution's output positions and its kernel's flattening.
+    Only the kept patches are copied; the flattening order of each patch (channel, row,
+    column) matches the kernel of a stride-``patch`` convolution.
     """
-    n, channels, height, width = pixels.shape
+    count, channels, height, width = pixels.shape
     rows, cols = height // patch, width // patch
-    x = pixels[:, :, : rows * patch, : cols * patch].reshape(n, channels, rows, patch, cols, patch)
-    return x.permute(0, 2, 4, 1, 3, 5).reshape(n, rows * cols, channels * patch * patch)
+    grid = pixels[:, :, : rows * patch, : cols * patch].reshape(count, channels, rows, patch, cols, patch)
+    # Advanced indices separated by slices put the indexed dimensions first: (n, K, C, ps, ps).
+    return grid[frames[:, None], :, keep // cols, :, keep % cols, :]
 
 
 def load_tokenizer_file(path: str | Path) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
