@@ -23,22 +23,24 @@ from vlkd.errors import ConfigError
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="vlkd demo", description=__doc__.split("\n\n")[0],
-                                     formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    parser = argparse.ArgumentParser(prog="vlkd demo", description=__doc__.split("\n\n")[0])
     parser.add_argument("--teacher", default=DEFAULT_TEACHER[0],
-                        help="open_clip architecture name or a weights folder of the frozen teacher")
+                        help="open_clip architecture name or a weights folder of the frozen teacher (default: the shipped "
+                             "SynthActions teacher)")
     parser.add_argument("--pretrained", default=None,
                         help=f"pretrained tag or checkpoint file for an architecture name "
                              f"(default: {DEFAULT_TEACHER[1]!r} for {DEFAULT_TEACHER[0]}, else none)")
     parser.add_argument("--checkpoint", default=None,
                         help="a FROSTER checkpoint (.ckpt from `vlkd fit`) to offer its student besides the teacher")
-    parser.add_argument("--host", default="127.0.0.1", help="address to serve on (0.0.0.0 exposes it to the network)")
-    parser.add_argument("--port", type=int, default=7860, help="port to serve on")
-    parser.add_argument("--fps", type=float, default=DEFAULT_FPS, help="frames scored per second of video")
+    parser.add_argument("--host", default="127.0.0.1", help="address to serve on (default 127.0.0.1; 0.0.0.0 exposes the page to the network)")
+    parser.add_argument("--port", type=int, default=7860, help="port to serve on (default 7860)")
+    parser.add_argument("--fps", type=float, default=DEFAULT_FPS, help=f"frames scored per second of video (default {DEFAULT_FPS:g})")
     parser.add_argument("--max-frames", type=int, default=DEFAULT_MAX_FRAMES,
-                        help="most frames scored per video; longer videos are sampled evenly over their length")
-    parser.add_argument("--max-classes", type=int, default=MAX_CLASSES, help="most action names per query")
-    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+                        help=f"most frames scored per video (default {DEFAULT_MAX_FRAMES}); longer videos are sampled "
+                             "evenly over their whole length")
+    parser.add_argument("--max-classes", type=int, default=MAX_CLASSES, help=f"most action names per query (default {MAX_CLASSES})")
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu",
+                        help="where the models run (default: cuda if available, else cpu)")
     return parser
 
 
