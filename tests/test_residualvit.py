@@ -154,6 +154,15 @@ def test_tokenizer_checkpoint_round_trip_and_teacher_mismatch(tiny_teacher, tmp_
     with torch.no_grad():
         torch.testing.assert_close(loaded(video), model(video))
     assert residual_vit_from_checkpoint(tiny_teacher, path, group_size=2).group_size == 2
+    # A Lightning checkpoint of the training method works too, with its settings.
+    method = ResidualViTDistillation(teacher=TINY, group_size=3, drop_ratio=0.5, tokenizer="mlp")
+    method.student.tokenizer.load_state_dict(model.tokenizer.state_dict())
+    ckpt = tmp_path / "last.ckpt"
+    torch.save({"state_dict": method.state_dict(), "hyper_parameters": dict(method.hparams)}, ckpt)
+    from_ckpt = residual_vit_from_checkpoint(tiny_teacher, ckpt)
+    assert (from_ckpt.group_size, from_ckpt.drop_ratio, from_ckpt.tokenizer_kind) == (3, 0.5, "mlp")
+    with torch.no_grad():
+        torch.testing.assert_close(from_ckpt(video), model(video))
     other = TeacherSpec(name="vlkd-synth-vit", pretrained=None).build()
     with pytest.raises(ConfigError, match="does not fit teacher"):
         residual_vit_from_checkpoint(other, path)

@@ -502,8 +502,12 @@ def load_tokenizer_file(path: str | Path) -> tuple[dict[str, torch.Tensor], dict
             metadata = dict(handle.metadata() or {})
             weights = {key: handle.get_tensor(key) for key in handle.keys()}
         return weights, metadata
+    from vlkd.teacher import TeacherSpec
+
     try:
-        checkpoint = torch.load(path, map_location="cpu", weights_only=True)
+        # A checkpoint of a run built in Python keeps the TeacherSpec in its hyper-parameters.
+        with torch.serialization.safe_globals([TeacherSpec]):
+            checkpoint = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as error:
         raise ConfigError(
             f"{path}: not a readable residual tokenizer checkpoint ({type(error).__name__}); "
@@ -514,8 +518,12 @@ def load_tokenizer_file(path: str | Path) -> tuple[dict[str, torch.Tensor], dict
     weights = {k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)}
     if not weights:
         raise ConfigError(f"{path}: holds no residual tokenizer weights (no '{prefix}*' entries)")
-    kind = "mlp" if any(k.startswith("net.2.") for k in weights) else "linear"
-    return weights, {"tokenizer": kind}
+    metadata = {"tokenizer": "mlp" if any(k.startswith("net.2.") for k in weights) else "linear"}
+    hparams = checkpoint.get("hyper_parameters", {}) if isinstance(checkpoint, dict) else {}
+    for key in ("group_size", "drop_ratio"):
+        if isinstance(hparams, dict) and isinstance(hparams.get(key), (int, float)):
+            metadata[key] = str(hparams[key])
+    return weights, metadata
 
 
 def residual_vit_from_checkpoint(teacher, path: str | Path, **overrides) -> ResidualViT:
