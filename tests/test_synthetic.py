@@ -158,6 +158,16 @@ def test_both_directions_speed_up_so_twins_are_not_time_reversals(name, sign):
     assert steps[-5:].mean() > 2 * max(steps[:5].mean(), 0.1)
 
 
+
+@pytest.mark.parametrize(("name", "sign"), [("red ball growing", 1), ("red ball shrinking", -1)])
+def test_every_axis_eases_in_so_scale_twins_are_not_time_reversals_either(name, sign):
+    # Linear scale twins would be each other's time reversal: invisible to a reversal-blind student.
+    clip = render_clip(np.random.default_rng(0), name, "flat", size=64, frames=16)
+    area = ((clip[..., 0].astype(int) - clip[..., 1:].astype(int).max(-1)) > 60).sum((1, 2))
+    steps = sign * np.diff(np.sqrt(area))  # the radius grows (or shrinks) at the motion's speed
+    assert steps.sum() > 3
+    assert steps[-5:].mean() > 2 * max(steps[:5].mean(), 0.05)
+
 # Words a caption may add to the vocabulary: articles, "a photo of", size and "seen on the left / up high / down low".
 CAPTION_FILLERS = {"a", "an", "photo", "of", "seen", "the", "high", "low", "small", "big"}
 
