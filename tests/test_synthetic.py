@@ -168,6 +168,20 @@ def test_every_axis_eases_in_so_scale_twins_are_not_time_reversals_either(name, 
     assert steps.sum() > 3
     assert steps[-5:].mean() > 2 * max(steps[:5].mean(), 0.05)
 
+@pytest.mark.parametrize(("forward", "backward"), [("red ball growing", "red ball shrinking"),
+                                                  ("red ball appearing", "red ball disappearing")])
+def test_stills_of_twins_show_the_same_states(forward, backward):
+    # A still at a uniformly random time of an eased motion would mostly show its start
+    # (growing: small, appearing: faint), telling a still-image teacher the direction.
+    def mean_red_mass(name):
+        stills = [render_still(np.random.default_rng((7, i)), name, "flat", size=32)[0] for i in range(80)]
+        red = np.stack(stills).astype(int)
+        return np.clip(red[..., 0] - red[..., 1:].max(-1), 0, None).sum((1, 2)).mean()
+
+    growing, shrinking = mean_red_mass(forward), mean_red_mass(backward)
+    assert abs(growing - shrinking) < 0.12 * (growing + shrinking) / 2, (growing, shrinking)
+
+
 # Words a caption may add to the vocabulary: articles, "a photo of", size and "seen on the left / up high / down low".
 CAPTION_FILLERS = {"a", "an", "photo", "of", "seen", "the", "high", "low", "small", "big"}
 

@@ -53,8 +53,9 @@ its time: near the start of its motion.
 
 Stills and captions (for a still-image CLIP teacher)
 ----------------------------------------------------
-:func:`render_still` renders one frame at a uniformly random time of a random
-scene of the given concepts and captions it.  These stills play the part of
+:func:`render_still` renders one frame of a random scene of the given concepts
+and captions it: a static scene at a uniformly random time, a motion at a
+uniformly random point of its progress (see below).  These stills play the part of
 web image-text data: a small CLIP is pretrained on them and must then act as
 the frozen teacher for video students.  The captions are designed so that
 
@@ -67,14 +68,15 @@ the frozen teacher for video students.  The captions are designed so that
   novel alike, since novel names are new compositions of taught words;
 * temporal twins are hard to separate from a still: a caption of a frame from
   "red ball moving left" says "moving left" (as a web caption of a video
-  thumbnail would), but twin clips draw the same scenes, so the direction word
-  is only weakly tied to the pixels.  Weakly, not at all: an eased motion
-  spends most of its time near its start, so a still of a growing (opening,
-  appearing) object tends to show it small (closed, faint) and one of its
-  shrinking twin big; for translations and rotations the random placement of
-  the path hides most of this.  The teacher therefore learns the words and a
-  little of how to see them; averaging its frame embeddings over a clip leaves
-  it well short of telling twins apart, which is CLIP's weakness on
+  thumbnail would), but twin clips draw the same scenes, and a still shows a
+  uniformly random state of the motion (size, opening, opacity, place on the
+  path), the same distribution for both twins.  (A still at a uniformly random
+  *time* would not: an eased motion spends most of its time near its start, so
+  stills of a growing object would mostly show it small and those of its
+  shrinking twin big, a direction cue a still-image teacher should not get.)
+  So the direction word is not tied to the pixels of one frame: the teacher
+  learns the words but cannot see them, and averaging its frame embeddings
+  over a clip leaves it at or below chance between twins, which is CLIP's weakness on
   Something-Something that distillation into a video student must overcome.
   The motion *axis* is visible (blur, partial opening, translucency), so the
   teacher can still narrow a temporal clip down to its twin pair;
@@ -114,6 +116,8 @@ DEFAULT_SIZE = 64
 # Sub-samples per frame for motion blur: odd, so the middle one is the frame's own time.
 _BLUR_SAMPLES = 3
 _TAU = 2 * math.pi
+# Every motion eases in: progress is the elapsed fraction of its ramp to this power.
+_EASE_POWER = 3
 
 def as_concepts(class_or_concepts: ActionClass | Concepts | str | None, rng: np.random.Generator | None = None
                 ) -> Concepts:
@@ -168,10 +172,27 @@ def render_still(
     concepts = as_concepts(class_or_concepts, rng)
     _check_positive(size=size)
     scene = _sample_class_scene(rng, concepts, style)
-    time = np.array([rng.random()])
+    time = np.array([_still_time(scene.main, rng.random())])
     image = _render(scene, size, time, exposure=1.0 / DEFAULT_FRAMES, rng=rng)[0]
     pose = scene.main.pose(time)
     return image, _caption(rng, concepts, float(pose.x[0]), float(pose.y[0]), float(pose.radius[0]))
+
+
+def _still_time(main: "_Object", uniform: float) -> float:
+    """The time of a still: uniform for static scenes, uniform in *progress* for motions.
+
+    A frame taken at a uniformly random time of an eased motion mostly shows
+    its start (progress is the cube of elapsed time), so a still of a growing
+    object would mostly show it small and one of its shrinking twin big: a
+    direction cue no still-image model should get.  Drawing the progress
+    uniformly instead gives both twins the same distribution of states (size,
+    opening, opacity, angle, position along the path), like thumbnails taken
+    anywhere along an action.
+    """
+    if main.axis is None:
+        return uniform
+    start, end = main.ramp
+    return start + (end - start) * uniform ** (1.0 / _EASE_POWER)
 
 
 # --------------------------------------------------------------------------- captions
@@ -234,7 +255,7 @@ class _Object:
         start, end = self.ramp
         # Ease-in (cubic): the motion speeds up, so a clip and its time reversal
         # differ even to a model blind to the order of neighbouring frames.
-        progress = np.clip((times - start) / (end - start), 0.0, 1.0) ** 3
+        progress = np.clip((times - start) / (end - start), 0.0, 1.0) ** _EASE_POWER
         amplitude, cycles, phase = self.wobble
         wobble = amplitude * np.sin(_TAU * cycles * times + phase)
         x = self.x + self.drift[0] * (times - 0.5) + wobble
