@@ -157,3 +157,22 @@ def test_zero_shot_test_run_through_the_cli_writes_results(colour_world, tmp_pat
     assert "corrupt.mp4" in skipped
     assert results["metrics"]["base_videos"] == 9
     assert results["metrics"]["novel_videos"] == 6
+
+
+def test_synthactions_eval_sets_score_static_and_temporal_classes_apart(tmp_path):
+    from vlkd.data import SynthActionsDataModule
+    from vlkd.data.synthetic import build_world
+
+    module = SynthActionsDataModule(root=str(tmp_path / "flat"), zero_shot_styles=["textured"], size=32, frames=4,
+                                    clips_per_class=1, train_clips_per_class=2, shots=1, num_workers=0)
+    module.prepare_data()
+    module.setup("fit")
+    assert [s.group for s in module.eval_sets] == ["base", "novel", "zero_shot"]
+    for eval_set, style in zip(module.eval_sets, ["flat", "flat", "textured"]):
+        world = build_world(style)
+        groups = {name: world.group_of(name) for name in eval_set.class_names}
+        assert set(eval_set.subsets) == {"static", "temporal"}
+        for group, indices in eval_set.subsets.items():
+            assert sorted(indices) == [i for i, name in enumerate(eval_set.class_names) if groups[name] == group]
+    # A plain video folder has no groups.
+    assert VideoDataModule.class_subsets(module, tmp_path, ["a"]) == {}

@@ -191,6 +191,21 @@ def test_open_vocab_accuracy_rejects_mismatched_input():
         OpenVocabAccuracy({})
 
 
+def test_open_vocab_accuracy_scores_named_class_subsets():
+    logits = torch.eye(4)[[0, 1, 2, 3, 0, 0]]  # predictions 0 1 2 3 0 0
+    targets = torch.tensor([0, 1, 2, 3, 2, 3])  # the last two are wrong, both in classes {2, 3}
+    metric = OpenVocabAccuracy({"base": 4}, subsets={"base": {"static": [0, 1], "temporal": [2, 3]}})
+    metric.update(logits, targets, group="base")
+    result = metric.compute()
+    assert result["base_static_top1"].item() == pytest.approx(100.0)
+    assert result["base_temporal_top1"].item() == pytest.approx(50.0)
+    assert result["base_top1"].item() == pytest.approx(100.0 * 4 / 6)
+    with pytest.raises(ValueError, match="outside"):
+        OpenVocabAccuracy({"base": 4}, subsets={"base": {"static": [4]}})
+    with pytest.raises(ValueError, match="unknown group"):
+        OpenVocabAccuracy({"base": 4}, subsets={"novel": {"static": [0]}})
+
+
 # --------------------------------------------------------------------------- result files
 
 

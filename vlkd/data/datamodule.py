@@ -15,7 +15,7 @@ names each dataloader must be classified against.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import lightning.pytorch as pl
@@ -69,6 +69,9 @@ class EvalSet:
     name: str
     class_names: list[str]
     group: str  # "base", "novel" or "zero_shot"
+    # Named subsets of the classes (indices into class_names) also scored on their own,
+    # e.g. SynthActions' {"static": [...], "temporal": [...]}; empty for real datasets.
+    subsets: dict[str, list[int]] = field(default_factory=dict)
 
 
 class VideoDataModule(pl.LightningDataModule):
@@ -176,8 +179,12 @@ class VideoDataModule(pl.LightningDataModule):
             self._add_eval(f"{spec.dataset}_s{spec.split}", class_names, root, samples, "zero_shot")
 
     def _add_eval(self, name: str, class_names, root: Path, samples, group: str) -> None:
-        self.eval_sets.append(EvalSet(name, list(class_names), group))
+        self.eval_sets.append(EvalSet(name, list(class_names), group, self.class_subsets(root, list(class_names))))
         self.eval_datasets.append(self._dataset(root, samples, class_names, train=False))
+
+    def class_subsets(self, root: Path, class_names: list[str]) -> dict[str, list[int]]:
+        """Named subsets of an evaluation set's classes to score separately (none for a plain video folder)."""
+        return {}
 
     # -- loaders ------------------------------------------------------------------
     def _loader(self, dataset: VideoClipDataset, batch_size: int, shuffle: bool) -> DataLoader:
@@ -267,6 +274,20 @@ class SynthActionsDataModule(VideoDataModule):
             flip=False,
             **kwargs,
         )
+
+    def class_subsets(self, root: Path, class_names: list[str]) -> dict[str, list[int]]:
+        """SynthActions classes by group: ``static`` and ``temporal``, from the world's manifest."""
+        from vlkd.data.synthetic import read_manifest
+
+        manifest = read_manifest(root)
+        if manifest is None:
+            return {}
+        group_of = {entry["name"]: entry["group"] for entry in manifest["classes"]}
+        subsets: dict[str, list[int]] = {}
+        for index, name in enumerate(class_names):
+            if name in group_of:
+                subsets.setdefault(group_of[name], []).append(index)
+        return subsets
 
     def prepare_data(self) -> None:
         from vlkd.data.synthetic import generate_actions

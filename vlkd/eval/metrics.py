@@ -132,13 +132,19 @@ class OpenVocabAccuracy(torchmetrics.Metric):
     both ``base`` and ``novel`` did.  All state is integer counts summed across
     DDP ranks, so the result is exact under distributed evaluation (apart from
     samples a distributed sampler duplicates to pad the last batch).
+
+    ``subsets`` optionally names subsets of a group's classes, e.g.
+    ``{"base": {"static": [0, 3, ...], "temporal": [1, 2, ...]}}``; :meth:`compute`
+    then also returns ``<group>_<subset>_top1`` (top-1 over the subset's videos,
+    still classified among all of the group's classes), from the same per-class counts.
     """
 
     full_state_update = False
     higher_is_better = True
     is_differentiable = False
 
-    def __init__(self, num_classes: Mapping[str, int], top_k: int = 5, **kwargs: Any) -> None:
+    def __init__(self, num_classes: Mapping[str, int], top_k: int = 5,
+                 subsets: Mapping[str, Mapping[str, Sequence[int]]] | None = None, **kwargs: Any) -> None:
         super().__init__(**kwargs)
         if not num_classes:
             raise ValueError("OpenVocabAccuracy needs at least one group, e.g. {'base': 200, 'novel': 200}")
@@ -150,6 +156,13 @@ class OpenVocabAccuracy(torchmetrics.Metric):
             self.add_state(f"{group}_hits", torch.zeros(count, dtype=torch.long), dist_reduce_fx="sum")
             self.add_state(f"{group}_support", torch.zeros(count, dtype=torch.long), dist_reduce_fx="sum")
             self.add_state(f"{group}_topk_hits", torch.zeros((), dtype=torch.long), dist_reduce_fx="sum")
+        self.subsets = {group: {name: list(ids) for name, ids in named.items()} for group, named in (subsets or {}).items()}
+        for group, named in self.subsets.items():
+            for name, ids in named.items():
+                if group not in self.num_classes or not name.isidentifier():
+                    raise ValueError(f"subset {name!r} of unknown group {group!r} (or not an identifier)")
+                if any(not 0 <= i < self.num_classes[group] for i in ids):
+                    raise ValueError(f"subset {group}/{name} has class ids outside 0..{self.num_classes[group] - 1}")
 
     def update(self, logits: Tensor, targets: Tensor, group: str = "base") -> None:
         """Add a batch of ``(N, C)`` logits over ``group``'s classes and their ``(N,)`` targets."""
@@ -176,6 +189,10 @@ class OpenVocabAccuracy(torchmetrics.Metric):
             results[f"{group}_top{self.top_k}"] = 100.0 * getattr(self, f"{group}_topk_hits").double() / total
             results[f"{group}_mean_class"] = 100.0 * (hits[present].double() / support[present]).mean()
             results[f"{group}_videos"] = total.double()  # how many samples the accuracies are over
+            for name, ids in self.subsets.get(group, {}).items():
+                subset_total = support[ids].sum()
+                if subset_total > 0:
+                    results[f"{group}_{name}_top1"] = 100.0 * hits[ids].sum().double() / subset_total
         if "base_top1" in results and "novel_top1" in results:
             hm = harmonic_mean(results["base_top1"].item(), results["novel_top1"].item())
             results["hm"] = torch.tensor(hm, dtype=torch.float64)

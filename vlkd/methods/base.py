@@ -68,7 +68,9 @@ class VideoMethod(pl.LightningModule):
 
     def _start_eval(self) -> None:
         sets = self.eval_sets()
-        self._eval_metric = OpenVocabAccuracy({s.name: len(s.class_names) for s in sets}).to(self.device)
+        self._eval_metric = OpenVocabAccuracy(
+            {s.name: len(s.class_names) for s in sets}, subsets={s.name: s.subsets for s in sets if s.subsets}
+        ).to(self.device)
 
     def _eval_step(self, batch: dict, dataloader_idx: int) -> None:
         eval_set = self.eval_sets()[dataloader_idx]
