@@ -196,6 +196,35 @@ def test_one_reader_serves_info_and_several_reads(videos, backend):
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
+def test_read_chunks_equals_read_in_pieces(videos, backend):
+    path, frames, _ = videos["h264-mp4"]
+    count = len(frames)
+    # Non-decreasing with repeats across a chunk boundary and past the end; then out of order.
+    for indices in ([0, 1, 1, 2, 5, 5, 5, 9, 20, count - 1, count + 3], [7, 2, 9, 0]):
+        with open_video(path, backend=backend) as video:
+            chunks = list(video.read_chunks(indices, 3))
+            expected = video.read(indices)
+        assert [chunk.shape[0] for chunk in chunks] == [3] * (len(indices) // 3) + [len(indices) % 3] * (
+            len(indices) % 3 > 0)
+        assert torch.equal(torch.cat(chunks), expected), indices
+
+
+def test_pyav_read_chunks_decodes_the_file_once(videos, monkeypatch):
+    from vlkd.data.video import _PyAVReader
+
+    path, frames, _ = videos["h264-mp4"]
+    opened = []
+    original = _PyAVReader._open
+    monkeypatch.setattr(_PyAVReader, "_open", lambda self: opened.append(1) or original(self))
+    with open_video(path, backend="pyav") as video:
+        opened.clear()  # opening the reader probes the stream once
+        chunks = list(video.read_chunks(range(len(frames)), 4))
+    assert len(opened) == 1 and sum(chunk.shape[0] for chunk in chunks) == len(frames)
+    with pytest.raises(ValueError, match="chunk_size"):
+        next(open_video(path, backend="pyav").read_chunks([0], 0))
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
 def test_reading_from_threads(videos, backend):
     # decord's bridge is thread-local: results must not depend on the calling thread.
     path, _, _ = videos["h264-mp4"]

@@ -159,7 +159,7 @@ class DenseEncoder:
         with open_video(path, self.backend) as reader:
             info = reader.info
             indices, timestamps = fps_indices(info.num_frames, info.fps, fps or info.fps)
-            chunks = (reader.read(indices[start : start + self.chunk]) for start in range(0, len(indices), self.chunk))
+            chunks = reader.read_chunks(indices, self.chunk)
             features = self.encode_frames(chunks, total=len(indices), progress=progress, desc=Path(path).name)
         return EncodedVideo(features, np.asarray(timestamps, np.float64), np.asarray(indices, np.int64), info.fps)
 

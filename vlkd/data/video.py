@@ -254,6 +254,19 @@ class VideoReader(ABC):
             frames = self._load(unique)  # (len(unique), C, H, W); row k is frame unique[k], clamped
         return _gather(frames, unique, wanted)
 
+    def read_chunks(self, indices: Sequence[int] | np.ndarray | torch.Tensor, chunk_size: int) -> Iterator[torch.Tensor]:
+        """Frames at ``indices`` as consecutive uint8 ``(t, C, H, W)`` chunks of at most ``chunk_size``.
+
+        For encoding a long video with bounded memory: only one chunk of frames is
+        held at a time. Backends that decode sequentially decode the file once for
+        non-decreasing ``indices`` instead of once per chunk.
+        """
+        wanted = _as_index_list(indices)
+        if chunk_size < 1:
+            raise ValueError(f"chunk_size must be >= 1, got {chunk_size}")
+        for start in range(0, len(wanted), chunk_size):
+            yield self.read(wanted[start : start + chunk_size])
+
     def close(self) -> None:  # noqa: B027 - readers holding no handle need not override it
         """Release the backend's file handle (a later read opens the file again)."""
 
@@ -461,6 +474,54 @@ class _PyAVReader(VideoReader):
             last_rgb = last.to_ndarray(format="rgb24")
             kept = {index: kept.get(index, last_rgb) for index in unique}
         return torch.from_numpy(np.stack([kept[index] for index in unique])).permute(0, 3, 1, 2)
+
+    def read_chunks(self, indices: Sequence[int] | np.ndarray | torch.Tensor, chunk_size: int) -> Iterator[torch.Tensor]:
+        wanted = _as_index_list(indices)
+        if chunk_size < 1:
+            raise ValueError(f"chunk_size must be >= 1, got {chunk_size}")
+        if any(later < earlier for earlier, later in zip(wanted, wanted[1:])):
+            yield from super().read_chunks(wanted, chunk_size)  # out of order: seek per chunk
+        elif wanted:
+            yield from self._stream(wanted, chunk_size)
+
+    def _stream(self, wanted: list[int], chunk_size: int) -> Iterator[torch.Tensor]:
+        """One sequential decode serving non-decreasing ``wanted`` chunk by chunk (see :meth:`read_chunks`)."""
+        import av
+
+        kept: dict[int, np.ndarray] = {}  # decoded frames a chunk still needs
+        position, last, ended = 0, None, False  # next frame index, last decoded frame, end reached
+        with self._errors("decoding frames"), self._open() as container:
+            stream = container.streams.video[0]
+            stream.thread_type = "AUTO"
+            stream.codec_context.thread_count = DECODER_THREADS
+            decoded = container.decode(stream)
+            for start in range(0, len(wanted), chunk_size):
+                chunk = wanted[start : start + chunk_size]
+                kept = {index: rgb for index, rgb in kept.items() if index >= chunk[0]}
+                needed = set(chunk)
+                while not ended and position <= chunk[-1]:
+                    try:
+                        frame = next(decoded)
+                    except StopIteration:
+                        ended = True
+                        break
+                    except av.FFmpegError as error:
+                        if position == 0:
+                            raise
+                        _LOG.warning("%s: decoding stopped after %d frames (%s)", self.path, position,
+                                     _describe(error))
+                        ended = True
+                        break
+                    if position in needed:
+                        kept[position] = frame.to_ndarray(format="rgb24")
+                    last, position = frame, position + 1
+                if position == 0:
+                    raise self._fail("no decodable frames")
+                if ended:
+                    self._num_frames = position
+                    last_rgb = last.to_ndarray(format="rgb24")  # requests past the end get the last frame
+                    kept.update({index: last_rgb for index in needed if index not in kept})
+                yield torch.from_numpy(np.stack([kept[index] for index in chunk])).permute(0, 3, 1, 2)
 
     def _scan(self, stop_after: int | None, keep: set[int]) -> tuple[int, dict[int, np.ndarray], object]:
         """Decode from the start until frame ``stop_after`` (``None``: the end).
