@@ -21,6 +21,7 @@ from vlkd.data.synthetic import (
     vocabulary,
 )
 from vlkd.data.synthetic.actions import clip_rng
+from vlkd.data.synthetic.world import MOTIONS, NOVEL_ONLY_WORDS, ActionClass, World
 from vlkd.errors import ConfigError
 
 TINY = dict(size=32, frames=8, clips_per_class=2, train_clips_per_class=3, shots=2, progress=False)
@@ -42,8 +43,18 @@ def test_world_vocabulary_properties(style):
     assert len(set(names)) == len(names)
     assert all(words(name) <= vocabulary() for name in names)
     base_words = set().union(*(words(action.name) for action in world.base_classes))
+    novel_words = set().union(*(words(action.name) for action in world.novel_classes))
+    # Novel names are compositions of base words, except a few words base names never use
+    # (unseen objects and scenes, as in Kinetics' novel classes) ...
+    assert NOVEL_ONLY_WORDS <= novel_words and not NOVEL_ONLY_WORDS & base_words
     for action in world.novel_classes:
-        assert words(action.name) <= base_words, action.name
+        assert words(action.name) <= base_words | NOVEL_ONLY_WORDS, action.name
+    # Static classes of a half differ in colour or ground, not in shape alone.
+    for half in (world.base_classes, world.novel_classes):
+        pairs = [(a.concepts.colour, a.concepts.context) for a in half if a.group == "static"]
+        assert len(set(pairs)) == len(pairs)
+    # ... and every motion phrase and shape is named in base, so direction can carry over.
+    assert {action.concepts.motion for action in world.base_classes if action.concepts.motion} == set(MOTIONS)
     # Novel classes are new compositions: none of them is a base name.
     assert not {a.name for a in world.novel_classes} & {a.name for a in world.base_classes}
 
@@ -61,6 +72,13 @@ def test_world_vocabulary_properties(style):
     counts = world.counts()
     assert min(counts["base_static"], counts["base_temporal"], counts["novel_static"], counts["novel_temporal"]) > 0
     assert world.group_of(temporal[0].name) == "temporal"
+
+
+def test_a_catalogue_that_names_a_novel_only_word_in_base_is_refused():
+    world = WORLDS["flat"]
+    leak = ActionClass("orange ball on grass", Concepts("orange", "ball", context="grass"), "base", None)
+    with pytest.raises(ConfigError, match="novel names only"):
+        World("flat", (*world.classes, leak))
 
 
 def test_styles_share_part_of_their_classes():

@@ -29,13 +29,22 @@ Twins are always in the same half: the protocol classifies base videos among
 base names only, so a twin in the other half would make its partner trivially
 separable.  Each half has six twin pairs (one per axis) and twelve static
 classes, 24 classes in all, so both halves hold single-frame and temporal
-classes (50 % temporal).  Novel classes are new *compositions* of words that
-all occur in base names (novel "green star moving left" reuses "green" and
-"star" from base static classes and "moving left" from base "red ball moving
-left"), so a model can only name them through compositional text.  Within a
-half no two twin pairs share colour and shape, so an image model that sees
-colour, shape and motion blur can narrow a temporal clip down to its twin pair
-but no further.
+classes (50 % temporal).
+
+Most novel classes are new *compositions* of words that occur in base names
+(novel "green star moving left" reuses "green" and "star" from base static
+classes and "moving left" from base "red ball moving left"), so a model can
+only name them through compositional text.  Some are not:
+:data:`NOVEL_ONLY_WORDS` (the colour "orange" and the ground "snow") occur in
+no base class of either world, the way Kinetics' novel classes show objects
+and scenes that no base class shows.  Fine-tuning on base classes alone never
+sees them named, which is where a student forgets what its CLIP teacher knew
+and where distillation from the frozen teacher pays (the still-image teacher
+learnt every word, see :mod:`vlkd.data.synthetic.render`).  Every motion
+phrase and shape occurs in base names, so direction learnt on base twins can
+carry over to novel ones.  Within a half no two twin pairs share colour and
+shape, so an image model that sees colour, shape and motion blur can narrow a
+temporal clip down to its twin pair but no further.
 
 Styles and the cross-dataset protocol
 -------------------------------------
@@ -64,6 +73,7 @@ __all__ = [
     "CONTEXTS",
     "MOTION_AXES",
     "MOTIONS",
+    "NOVEL_ONLY_WORDS",
     "STYLES",
     "ActionClass",
     "Concepts",
@@ -83,6 +93,8 @@ COLOURS: tuple[str, ...] = ("red", "green", "blue", "yellow", "purple", "orange"
 SHAPES: tuple[str, ...] = ("ball", "square", "triangle", "star")
 # context key -> the phrase used in class names and captions
 CONTEXTS: dict[str, str] = {"grass": "on grass", "sand": "on sand", "water": "in water", "snow": "on snow"}
+# Words that only novel class names use, in both worlds (the module docstring says why).
+NOVEL_ONLY_WORDS: frozenset[str] = frozenset({"orange", "snow"})
 
 
 @dataclass(frozen=True)
@@ -305,7 +317,7 @@ _TWIN_PAIRS = (
     ("yellow", "star", "scale", "base", _BOTH),
     ("green", "triangle", "rotation", "base", _BOTH),
     ("purple", "ball", "aperture", "base", _BOTH),
-    ("orange", "square", "opacity", "base", _FLAT),
+    ("red", "square", "opacity", "base", _FLAT),
     ("blue", "triangle", "opacity", "base", _TEXTURED),
     ("green", "star", "horizontal", "novel", _BOTH),
     ("red", "triangle", "vertical", "novel", _BOTH),
@@ -318,22 +330,23 @@ _TWIN_PAIRS = (
 )
 
 # Static classes: (colour, shape, context, half, worlds).  Every colour, shape and
-# context occurs in the base half; low-contrast pairs (green on grass, blue in
-# water, yellow on sand) are left out so the object stays visible.
+# context except NOVEL_ONLY_WORDS occurs in the base half; low-contrast pairs
+# (green on grass, blue in water, yellow on sand) are left out so the object stays visible.
+# Within a half, static classes differ in colour or ground, not in shape alone.
 _STATIC = (
     ("red", "square", "grass", "base", _FLAT),
     ("blue", "ball", "sand", "base", _BOTH),
     ("yellow", "triangle", "water", "base", _BOTH),
-    ("purple", "star", "snow", "base", _BOTH),
-    ("orange", "ball", "grass", "base", _BOTH),
+    ("purple", "star", "water", "base", _BOTH),
+    ("purple", "ball", "grass", "base", _BOTH),
     ("green", "square", "sand", "base", _BOTH),
     ("red", "star", "water", "base", _BOTH),
-    ("blue", "triangle", "snow", "base", _BOTH),
+    ("blue", "ball", "grass", "base", _BOTH),
     ("yellow", "ball", "grass", "base", _FLAT),
     ("purple", "square", "sand", "base", _FLAT),
-    ("orange", "triangle", "water", "base", _BOTH),
-    ("green", "star", "snow", "base", _BOTH),
-    ("red", "ball", "snow", "base", _TEXTURED),
+    ("red", "triangle", "sand", "base", _BOTH),
+    ("green", "square", "water", "base", _BOTH),
+    ("red", "ball", "grass", "base", _TEXTURED),
     ("yellow", "square", "grass", "base", _TEXTURED),
     ("purple", "triangle", "sand", "base", _TEXTURED),
     ("red", "ball", "sand", "novel", _FLAT),
@@ -349,7 +362,7 @@ _STATIC = (
     ("green", "ball", "water", "novel", _FLAT),
     ("green", "triangle", "grass", "novel", _BOTH),
     ("orange", "ball", "water", "novel", _TEXTURED),
-    ("blue", "triangle", "grass", "novel", _TEXTURED),
+    ("blue", "triangle", "snow", "novel", _TEXTURED),
     ("green", "star", "sand", "novel", _TEXTURED),
 )
 
@@ -456,10 +469,13 @@ def _check_world(world: World) -> None:
     if len(set(names)) != len(names):
         raise ConfigError(f"{world.style} world: duplicate class names")
     base_words = {word for action in world.base_classes for word in action.name.split()}
+    novel_words = {word for action in world.novel_classes for word in action.name.split()}
+    if base_words & NOVEL_ONLY_WORDS or not NOVEL_ONLY_WORDS <= novel_words:
+        raise ConfigError(f"{world.style} world: {sorted(NOVEL_ONLY_WORDS)} must occur in novel names only")
     for action in world.classes:
         if action.twin is not None and world[action.twin].half != action.half:
             raise ConfigError(f"{world.style} world: twins {action.name!r} and {action.twin!r} in different halves")
-        missing = set(action.name.split()) - base_words
+        missing = set(action.name.split()) - base_words - NOVEL_ONLY_WORDS
         if missing:
             raise ConfigError(f"{world.style} world: {action.name!r} uses words {missing} that no base class has")
     temporal = sum(action.group == "temporal" for action in world.classes)
