@@ -326,3 +326,41 @@ def test_bad_settings_are_refused(tmp_path, override):
     with pytest.raises(ConfigError):
         generate_actions(tmp_path, style=style, **settings)
     assert not any(tmp_path.iterdir())
+
+
+# --------------------------------------------------------------------------- unlabelled random clips
+
+
+def test_random_clips_are_new_renders_of_the_vocabulary():
+    import torch
+
+    from vlkd.data.datasets import collate_clips
+    from vlkd.data.synthetic.clips import RandomSynthClips, vocabulary_names
+
+    names = vocabulary_names()
+    assert len(set(names)) == len(names)
+    for style, world in WORLDS.items():  # every class of either world is one of the compositions
+        assert set(world.names) <= set(names), style
+    clips = RandomSynthClips(3, frames=4, size=32)
+    torch.manual_seed(0)
+    first = collate_clips([clips[i] for i in range(3)])
+    assert first["video"].shape == (3, 4, 3, 32, 32) and first["label"].tolist() == [-1, -1, -1]
+    assert 0.0 <= first["video"].min() and first["video"].max() <= 1.0
+    torch.manual_seed(0)
+    assert torch.equal(clips[0]["video"], first["video"][0])  # a seeded run draws the same clips
+    assert not torch.equal(clips[0]["video"], first["video"][0])  # a later draw renders a new one
+    with pytest.raises(ConfigError, match="unknown SynthActions styles"):
+        RandomSynthClips(3, styles=("cartoon",))
+
+
+def test_data_module_trains_on_random_clips_and_evaluates_on_the_world(tmp_path):
+    from vlkd.data import SynthActionsDataModule
+    from vlkd.data.synthetic.clips import RandomSynthClips, vocabulary_names
+
+    module = SynthActionsDataModule(root=str(tmp_path / "flat"), random_clips=5, num_frames=4, size=32, frames=4,
+                                    clips_per_class=1, train_clips_per_class=2, shots=1, num_workers=0)
+    module.prepare_data()
+    module.setup("fit")
+    assert isinstance(module.train_dataset, RandomSynthClips) and len(module.train_dataset) == 5
+    assert module.train_classes == vocabulary_names()
+    assert [s.name for s in module.eval_sets] == ["base", "novel"]  # evaluation still on the world's videos

@@ -231,6 +231,10 @@ class SynthActionsDataModule(VideoDataModule):
         shots: clips per base class in each seed's training list when rendering.
         zero_shot_styles: other styles whose zero-shot lists are evaluated too
             (cross-dataset protocol), rendered beside ``root`` as ``<root>_<style>``.
+        random_clips: train on this many unlabelled clips of random compositions per
+            epoch (:class:`~vlkd.data.synthetic.clips.RandomSynthClips`, the world's "web
+            video", for label-free distillation) instead of the base training list; the
+            text set (``train_classes``) is then every composition of the vocabulary.
         **kwargs: the remaining :class:`VideoDataModule` options.
     """
 
@@ -246,6 +250,7 @@ class SynthActionsDataModule(VideoDataModule):
         train_clips_per_class: int = 32,
         shots: int = 16,
         zero_shot_styles: list[str] | None = None,
+        random_clips: int | None = None,
         num_frames: int = 8,
         image_size: int = 64,
         batch_size: int = 16,
@@ -258,6 +263,7 @@ class SynthActionsDataModule(VideoDataModule):
             "seed": world_seed, "style": style, "size": size, "frames": frames, "clips_per_class": clips_per_class,
             "train_clips_per_class": train_clips_per_class, "shots": shots,
         }
+        self.random_clips = random_clips
         self.other_worlds = {s: f"{str(root).rstrip('/')}_{s}" for s in (zero_shot_styles or [])}
         zero_shot = [
             ZeroShotSpec(default_dataset_name(s), root=path, split=1, split_dir=path)
@@ -288,6 +294,15 @@ class SynthActionsDataModule(VideoDataModule):
             if name in group_of:
                 subsets.setdefault(group_of[name], []).append(index)
         return subsets
+
+    def setup(self, stage: str | None = None) -> None:
+        from vlkd.data.synthetic.clips import RandomSynthClips, vocabulary_names
+
+        super().setup(stage)
+        if self.random_clips and not isinstance(self.train_dataset, RandomSynthClips):
+            frames = self.train_sampler.num_frames
+            self.train_dataset = RandomSynthClips(self.random_clips, frames=frames, size=self.image_size)
+            self.train_classes = vocabulary_names()
 
     def prepare_data(self) -> None:
         from vlkd.data.synthetic import generate_actions

@@ -12,7 +12,9 @@ this package builds a small world with the structure of the real problem:
   pretrained without ever seeing a clip (the rationale is in that module);
 * :mod:`~vlkd.data.synthetic.actions`: :func:`generate_actions` writes H.264
   clips with the label, base-to-novel and zero-shot files of the real
-  protocol, which :func:`vlkd.data.splits.load_base2novel` reads unchanged.
+  protocol, which :func:`vlkd.data.splits.load_base2novel` reads unchanged;
+* :mod:`~vlkd.data.synthetic.clips`: unlabelled clips of random compositions,
+  rendered on the fly, the "web video" for label-free distillation.
 
 Typical use::
 
