@@ -192,10 +192,8 @@ def read_video(
             source_fps = info.fps if info.fps > 0 else fps
             every, _ = fps_indices(info.num_frames, source_fps, fps)
             indices, times = fps_indices(info.num_frames, source_fps, fps, max_frames=max_frames)
-            chunks = []
-            for start in range(0, len(indices), _DECODE_CHUNK):
-                frames = reader.read(indices[start : start + _DECODE_CHUNK]).float().div_(255)
-                chunks.append(resize_short_side(frames, size))
+            chunks = [resize_short_side(frames.float().div_(255), size)
+                      for frames in reader.read_chunks(indices, _DECODE_CHUNK)]
     except VideoReadError as error:
         reason = error.reason.replace(str(path), path.name)  # the server's upload folder means nothing to the user
         raise DemoInputError(f"cannot read {path.name} as a video ({reason}); upload an MP4, WebM, AVI or MKV file"
