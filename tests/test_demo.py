@@ -212,6 +212,23 @@ def test_a_froster_checkpoint_scores_with_its_student(teacher, samples, froster_
     torch.testing.assert_close(changed.frame_similarity, -by_teacher.frame_similarity, atol=1e-4, rtol=1e-4)
 
 
+def test_a_fine_tuned_checkpoint_written_by_vlkd_fit_loads_as_its_own_class(tmp_path):
+    import lightning.pytorch as pl
+
+    from vlkd.methods import FineTuneCLIP
+    from vlkd.teacher import TeacherSpec
+
+    method = FineTuneCLIP(clip=TeacherSpec(*DEFAULT_TEACHER))
+    # What `vlkd fit` (LightningCLI) adds to the hyperparameters it saves.
+    method.hparams.update(_class_path="vlkd.methods.FineTuneCLIP", _instantiator="lightning.pytorch.cli.instantiate_module")
+    trainer = pl.Trainer(accelerator="cpu", logger=False, enable_checkpointing=False, enable_progress_bar=False,
+                         enable_model_summary=False)
+    trainer.strategy.connect(method)
+    trainer.save_checkpoint(tmp_path / "finetuned.ckpt")
+    student = load_student_scorer(tmp_path / "finetuned.ckpt")
+    assert type(student.method) is FineTuneCLIP and student.label == "FineTuneCLIP student: finetuned.ckpt"
+
+
 def test_bad_checkpoints_fail_with_one_clear_error(tmp_path):
     with pytest.raises(MissingFileError, match="student checkpoint not found: .*nope.ckpt"):
         load_student_scorer(tmp_path / "nope.ckpt")

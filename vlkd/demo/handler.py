@@ -270,7 +270,7 @@ def load_student_scorer(checkpoint: str | Path, device: str | torch.device = "cp
         ConfigError: the file is not a checkpoint of a video CLIP method.
     """
     from vlkd.errors import ConfigError, MissingFileError
-    from vlkd.methods import FROSTER
+    from vlkd.methods import FROSTER, FineTuneCLIP
     from vlkd.methods.finetune import VideoCLIPMethod
     from vlkd.teacher import TeacherSpec
 
@@ -291,15 +291,22 @@ def load_student_scorer(checkpoint: str | Path, device: str | torch.device = "cp
                     f"{path} is not a Lightning checkpoint of a method (no state_dict and hyper_parameters): "
                     "pass the .ckpt file a `vlkd fit` run wrote"
                 )
+            # Load with the class the checkpoint names (its hyperparameters are parsed
+            # against that class's signature), among the video CLIP students only.
+            class_path = str(content["hyper_parameters"].get("_class_path", "vlkd.methods.FROSTER"))
             del content
-            method = FROSTER.load_from_checkpoint(path, map_location=device, weights_only=True)
+            students = {cls.__name__: cls for cls in (FROSTER, FineTuneCLIP)}
+            method_class = students.get(class_path.rsplit(".", 1)[-1])
+            if method_class is None:
+                raise ConfigError(f"{path} holds a {class_path}, not a video CLIP student such as FROSTER")
+            method = method_class.load_from_checkpoint(path, map_location=device, weights_only=True)
         except VlkdError:
             raise
         except Exception as error:  # torch, pickle and Lightning raise many types for a bad file
             text = str(error)
             match = re.search(r"WeightsUnpickler error: ([^\n]*)", text)
             reason = match.group(1) if match else " ".join(text.split())[:300] or type(error).__name__
-            raise ConfigError(f"cannot load {path} as a FROSTER checkpoint: {reason}") from None
+            raise ConfigError(f"cannot load {path} as a video CLIP student checkpoint: {reason}") from None
     if not isinstance(method, VideoCLIPMethod):
         raise ConfigError(f"{path} holds a {type(method).__name__}, not a video CLIP student such as FROSTER")
     return StudentScorer(method.to(device), f"{type(method).__name__} student: {path.name}")
