@@ -187,12 +187,11 @@ def load_eval_videos(world: Path):
     ``groups`` (V,) says whether each video's class is ``static`` or ``temporal``.
     """
     from vlkd.data import load_base2novel
-    from vlkd.data.synthetic import read_manifest
+    from vlkd.data.synthetic import read_manifest, read_world_classes
     from vlkd.data.video import probe_video, read_frames
 
-    manifest = read_manifest(world)
-    name = manifest["settings"]["name"]
-    group_of = {entry["name"]: entry["group"] for entry in manifest["classes"]}
+    name = read_manifest(world)["settings"]["name"]
+    world_classes = read_world_classes(world)
     split = load_base2novel(name, seed=1, split_dir=world)
     halves = {}
     for half, samples, classes in (("base", split.base_val, split.base_classes),
@@ -201,7 +200,7 @@ def load_eval_videos(world: Path):
         for sample in tqdm(samples, desc=f"decoding {half} videos", leave=False):
             path = world / sample.path
             clips.append(read_frames(path, list(range(probe_video(path).num_frames))))
-        groups = [group_of[classes[s.label]] for s in samples]
+        groups = [world_classes[classes[s.label]]["group"] for s in samples]
         halves[half] = (torch.stack(clips), torch.tensor([s.label for s in samples]), list(classes), groups)
     return halves
 

@@ -113,7 +113,9 @@ def evaluate(args) -> dict:
         frames=args.frames, views=args.views, videos={k: len(v[0]) for k, v in predictions.items()},
         skipped_videos=len(skipped),
     )
-    groups = _synth_groups(Path(args.data))
+    from vlkd.data.synthetic import read_world_classes
+
+    groups = read_world_classes(args.data)
     if groups:
         results["groups"] = _group_report(predictions, groups)
     return results
@@ -123,13 +125,6 @@ def _accuracy(truth: list[str], predicted: list[str]) -> float:
     if not truth:
         return 0.0
     return 100.0 * sum(t == p for t, p in zip(truth, predicted)) / len(truth)
-
-
-def _synth_groups(root: Path) -> dict[str, dict] | None:
-    manifest = root / "world_info.json"
-    if not manifest.is_file():
-        return None
-    return {entry["name"]: entry for entry in json.loads(manifest.read_text())["classes"]}
 
 
 def _group_report(predictions: dict, classes: dict[str, dict]) -> dict:

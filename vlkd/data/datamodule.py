@@ -283,16 +283,13 @@ class SynthActionsDataModule(VideoDataModule):
 
     def class_subsets(self, root: Path, class_names: list[str]) -> dict[str, list[int]]:
         """SynthActions classes by group: ``static`` and ``temporal``, from the world's manifest."""
-        from vlkd.data.synthetic import read_manifest
+        from vlkd.data.synthetic import read_world_classes
 
-        manifest = read_manifest(root)
-        if manifest is None:
-            return {}
-        group_of = {entry["name"]: entry["group"] for entry in manifest["classes"]}
+        classes = read_world_classes(root) or {}
         subsets: dict[str, list[int]] = {}
         for index, name in enumerate(class_names):
-            if name in group_of:
-                subsets.setdefault(group_of[name], []).append(index)
+            if name in classes:
+                subsets.setdefault(classes[name]["group"], []).append(index)
         return subsets
 
     def setup(self, stage: str | None = None) -> None:

@@ -264,6 +264,10 @@ class VideoReader(ABC):
         wanted = _as_index_list(indices)
         if chunk_size < 1:
             raise ValueError(f"chunk_size must be >= 1, got {chunk_size}")
+        return self._chunks(wanted, chunk_size)
+
+    def _chunks(self, wanted: list[int], chunk_size: int) -> Iterator[torch.Tensor]:
+        """:meth:`read_chunks` of validated indices; a backend may serve them faster."""
         for start in range(0, len(wanted), chunk_size):
             yield self.read(wanted[start : start + chunk_size])
 
@@ -475,12 +479,9 @@ class _PyAVReader(VideoReader):
             kept = {index: kept.get(index, last_rgb) for index in unique}
         return torch.from_numpy(np.stack([kept[index] for index in unique])).permute(0, 3, 1, 2)
 
-    def read_chunks(self, indices: Sequence[int] | np.ndarray | torch.Tensor, chunk_size: int) -> Iterator[torch.Tensor]:
-        wanted = _as_index_list(indices)
-        if chunk_size < 1:
-            raise ValueError(f"chunk_size must be >= 1, got {chunk_size}")
+    def _chunks(self, wanted: list[int], chunk_size: int) -> Iterator[torch.Tensor]:
         if any(later < earlier for earlier, later in zip(wanted, wanted[1:])):
-            yield from super().read_chunks(wanted, chunk_size)  # out of order: seek per chunk
+            yield from super()._chunks(wanted, chunk_size)  # out of order: decode per chunk
         elif wanted:
             yield from self._stream(wanted, chunk_size)
 

@@ -30,6 +30,7 @@ from vlkd.data.synthetic.actions import (
     default_dataset_name,
     generate_actions,
     read_manifest,
+    read_world_classes,
 )
 from vlkd.data.synthetic.render import render_clip, render_still
 from vlkd.data.synthetic.world import (
@@ -59,6 +60,7 @@ __all__ = [
     "parse_class_name",
     "random_concepts",
     "read_manifest",
+    "read_world_classes",
     "render_clip",
     "render_still",
     "vocabulary",

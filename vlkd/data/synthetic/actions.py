@@ -71,6 +71,7 @@ __all__ = [
     "default_dataset_name",
     "generate_actions",
     "read_manifest",
+    "read_world_classes",
 ]
 
 MANIFEST_NAME = "world_info.json"
@@ -203,6 +204,12 @@ def generate_actions(
 def read_manifest(out_dir: str | Path) -> dict | None:
     """The ``world_info.json`` of a generated folder, or ``None`` if there is none."""
     return _read_json(Path(out_dir) / MANIFEST_NAME)
+
+
+def read_world_classes(out_dir: str | Path) -> dict[str, dict] | None:
+    """Class name -> its manifest entry (``group``, ``half``, ``twin``, ...) of a generated folder, or ``None``."""
+    manifest = read_manifest(out_dir)
+    return None if manifest is None else {entry["name"]: entry for entry in manifest["classes"]}
 
 
 # --------------------------------------------------------------------------- settings and manifest
