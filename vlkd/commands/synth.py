@@ -19,7 +19,7 @@ def build_parser() -> argparse.ArgumentParser:
     actions.add_argument("--style", choices=sorted(STYLES), default="flat", help="render style (default flat)")
     actions.add_argument("--size", type=int, default=DEFAULT_SIZE, help=f"frame side in pixels (default {DEFAULT_SIZE})")
     actions.add_argument("--frames", type=int, default=DEFAULT_FRAMES, help=f"frames per clip (default {DEFAULT_FRAMES})")
-    actions.add_argument("--clips-per-class", type=int, default=8, help="evaluation clips per class (default 8)")
+    actions.add_argument("--clips-per-class", type=int, default=32, help="evaluation clips per class (default 32)")
     actions.add_argument("--train-clips-per-class", type=int, default=32,
                          help="base training pool per class; each seed's 16-shot list is drawn from it (default 32)")
     actions.add_argument("--shots", type=int, default=16, help="training clips per base class in each seed's list (default 16)")

@@ -246,7 +246,7 @@ class SynthActionsDataModule(VideoDataModule):
         seed: int = 1,
         size: int = 64,
         frames: int = 16,
-        clips_per_class: int = 8,
+        clips_per_class: int = 32,
         train_clips_per_class: int = 32,
         shots: int = 16,
         zero_shot_styles: list[str] | None = None,

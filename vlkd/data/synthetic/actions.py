@@ -138,7 +138,7 @@ def generate_actions(
     style: str = "flat",
     size: int = DEFAULT_SIZE,
     frames: int = DEFAULT_FRAMES,
-    clips_per_class: int = 8,
+    clips_per_class: int = 32,
     train_clips_per_class: int = 32,
     shots: int = 16,
     split_seeds: int = 3,
