@@ -56,6 +56,14 @@ def test_zero_initialised_residual_projector_is_the_identity():
     assert projector.mlp[0].bias is None and projector.mlp[2].bias is None
 
 
+def test_projector_first_layer_is_kaiming_normal():
+    torch.manual_seed(0)
+    weight = ResidualProjector(512).mlp[0].weight
+    # Kaiming-normal (fan-in, ReLU gain): std sqrt(2 / 512) = 0.0625; PyTorch's default would give 0.0255.
+    assert abs(weight.std().item() - (2 / 512) ** 0.5) < 0.002
+    assert abs(weight.mean().item()) < 0.001
+
+
 def test_at_initialisation_the_student_is_the_teacher_and_distillation_is_zero(froster):
     video, labels = _clips(2, 1), torch.tensor([0, 2])
     with torch.no_grad():

@@ -21,7 +21,8 @@ Equations (``B`` clips of ``T`` frames, ``K`` training classes, ``D`` embedding 
 * Video logits (frame logits averaged over time, fixed scale ``s``):
   ``z[b,k] = s / T * sum_t <f_v[b,t], f_t[k]>``; ``L_ce = CE(z, y)``.
 * Residual projectors (one per branch, no biases, second layer zero-initialised so
-  ``P(f) = f`` at step 0): ``P(f) = f + alpha * W_2 GELU(W_1 f)``, ``alpha = 0.1``.
+  ``P(f) = f`` at step 0, first layer Kaiming-normal as in the authors' code):
+  ``P(f) = f + alpha * W_2 GELU(W_1 f)``, ``alpha = 0.1``.
 * Distillation against the frozen teacher's L2-normalised embeddings of the same
   frames and the same prompts:
   ``L_v = mean_{b,t} (1 - cos(P_v(f_v[b,t]), g_v[b,t]))``,
@@ -66,13 +67,17 @@ class ResidualProjector(nn.Module):
     """``f -> f + alpha * MLP(f)``: (..., D) -> (..., D), the identity at initialisation.
 
     MLP = Linear(D, D, bias=False) -> GELU -> Linear(D, D, bias=False) with the second
-    layer zero-initialised.
+    layer zero-initialised and the first Kaiming-normal (std sqrt(2 / D)), as the
+    authors' implementation initialises it.
     """
 
     def __init__(self, dim: int, alpha: float = 0.1):
         super().__init__()
         self.alpha = alpha
         self.mlp = nn.Sequential(nn.Linear(dim, dim, bias=False), nn.GELU(), nn.Linear(dim, dim, bias=False))
+        # The first layer's scale sets how fast the zero second layer starts to learn
+        # (its gradient is the hidden activation); PyTorch's default would be 2.4x smaller.
+        nn.init.kaiming_normal_(self.mlp[0].weight)
         nn.init.zeros_(self.mlp[2].weight)
 
     def forward(self, features: torch.Tensor) -> torch.Tensor:
