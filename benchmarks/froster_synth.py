@@ -23,6 +23,10 @@ import json
 import time
 from pathlib import Path
 
+import torch
+import torch.nn.functional as F
+import yaml
+
 from vlkd.cli import main as vlkd
 from vlkd.eval import markdown_table, summarize_seeds, write_results
 
@@ -40,9 +44,13 @@ METHODS = {
 }
 
 
+def run_dir(method: str, seed: int) -> Path:
+    return RUNS / method.replace(" ", "_").replace("/", "") / f"s{seed}"
+
+
 def run_one(method: str, seed: int, world: str) -> dict:
     command, config, extra = METHODS[method]
-    out = RUNS / method.replace(" ", "_").replace("/", "") / f"s{seed}"
+    out = run_dir(method, seed)
     done = out / "summary.json"
     if done.is_file():
         return json.loads(done.read_text())
@@ -68,23 +76,79 @@ def run_one(method: str, seed: int, world: str) -> dict:
     return summary
 
 
+@torch.inference_mode()
+def teacher_agreement(method: str, seed: int, world: str) -> dict[str, float]:
+    """How far training moved a run's student from the frozen teacher, on the novel half.
+
+    ``novel_frame_cos``: mean cosine between the student's and the teacher's embeddings of
+    the same frames of every novel evaluation video; ``novel_text_cos``: the same for the
+    prompt-ensembled novel class embeddings. The teacher itself scores 1.
+    """
+    from vlkd.data import SynthActionsDataModule
+    from vlkd.demo.handler import load_student_scorer
+
+    if METHODS[method][0] != "fit":
+        return {"novel_frame_cos": 1.0, "novel_text_cos": 1.0}
+    (checkpoint,) = run_dir(method, seed).rglob("averaged.ckpt")
+    student = load_student_scorer(checkpoint).method
+    config = yaml.safe_load((HERE.parent / "configs" / "froster_synth.yaml").read_text())
+    teacher = student.teacher if hasattr(student, "teacher") else None
+    if teacher is None:  # FineTuneCLIP keeps no teacher: rebuild the one it started from
+        from vlkd.teacher import TeacherSpec
+
+        teacher = TeacherSpec(**config["model"]["init_args"]["teacher"]).build()
+    data = SynthActionsDataModule(**{**config["data"]["init_args"], "root": world, "num_workers": 0})
+    data.setup("test")
+    index = [eval_set.group for eval_set in data.eval_sets].index("novel")
+    frame_cos = []
+    for batch in data.test_dataloader()[index]:
+        video = batch["video"].flatten(0, 1)  # (B * views, T, C, H, W)
+        frame_cos.append(F.cosine_similarity(student.student.encode_video(video, normalize=True),
+                                             teacher.encode_frames(video), dim=-1).flatten())
+    names = data.eval_sets[index].class_names
+    text_cos = F.cosine_similarity(student.class_embeddings(names), teacher.encode_text(names, student.templates), dim=-1)
+    return {"novel_frame_cos": torch.cat(frame_cos).mean().item(), "novel_text_cos": text_cos.mean().item()}
+
+
+def with_agreement(method: str, seed: int, world: str) -> dict:
+    """The run's summary with :func:`teacher_agreement` added (computed once, stored with it)."""
+    summary = run_one(method, seed, world)
+    if "novel_frame_cos" not in summary:
+        summary.update(teacher_agreement(method, seed, world))
+        (run_dir(method, seed) / "summary.json").write_text(json.dumps(summary, indent=2))
+    return summary
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--seeds", type=int, nargs="+", default=[1, 2, 3])
     parser.add_argument("--world", default="synth/flat", help="the flat world's folder (textured goes beside it)")
     parser.add_argument("--methods", nargs="+", default=list(METHODS), choices=list(METHODS))
     args = parser.parse_args()
-    per_method = {m: [run_one(m, seed, args.world) for seed in args.seeds] for m in args.methods}
-    summary = {m: summarize_seeds(runs) for m, runs in per_method.items()}
+    per_method = {m: [with_agreement(m, seed, args.world) for seed in args.seeds] for m in args.methods}
     columns = ["base", "novel", "hm", "base_static", "base_temporal", "novel_static", "novel_temporal",
-               "cross_dataset", "minutes"]
+               "cross_dataset", "novel_frame_cos", "novel_text_cos", "minutes"]
+    if "FROSTER" in per_method:
+        # Paired by seed: each seed's runs share a few-shot list and an initial state, so the
+        # per-seed difference cancels what the seed does to every method alike.
+        for runs in per_method.values():
+            for run, froster in zip(runs, per_method["FROSTER"]):
+                run["hm_minus_froster"] = run["hm"] - froster["hm"]
+        columns.insert(3, "hm_minus_froster")
+    summary = {m: summarize_seeds(runs) for m, runs in per_method.items()}
     rows = [{"method": m, **{c: summary[m][c] for c in columns}} for m in args.methods]
+    for row in rows:  # cosines near 1 need a third decimal
+        for column in ("novel_frame_cos", "novel_text_cos"):
+            row[column] = f"{row[column].mean:.3f} ± {row[column].std:.3f}"
     write_results({"seeds": args.seeds, "runs": per_method, "mean_std": summary}, RESULTS, name="froster_synth")
     table = markdown_table(rows, ["method", *columns])
     header = (f"# FROSTER on SynthActions (flat world, seeds {args.seeds}, mean ± std; top-1 %)\n\n"
               "static / temporal: top-1 over the videos of single-frame classes and of direction twins "
               "(each still classified among all classes of its half).\n"
-              "cross_dataset: zero-shot top-1 on the textured world's 48 classes (12 not in the flat world).\n\n")
+              "cross_dataset: zero-shot top-1 on the textured world's 48 classes (12 not in the flat world).\n"
+              "hm_minus_froster: the row's HM minus FROSTER's on the same seed, mean ± std over seeds.\n"
+              "novel_frame_cos / novel_text_cos: mean cosine of the student's embeddings of the novel "
+              "evaluation frames / novel class prompts to the frozen teacher's (1 = unchanged).\n\n")
     (RESULTS / "froster_synth.md").write_text(header + table)
     print(table)
 
