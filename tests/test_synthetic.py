@@ -110,15 +110,6 @@ def test_render_clip_is_deterministic_per_seed():
     assert np.abs(first.astype(int) - other).mean() > 5
 
 
-@pytest.mark.parametrize("size, rows", [(64, 2), (128, 4), (32, 2)])
-def test_clips_are_letterboxed_and_stills_are_not(size, rows):
-    clip = render_clip(np.random.default_rng(3), "red ball on grass", "flat", size=size, frames=4)
-    assert not clip[:, :rows].any() and not clip[:, -rows:].any()  # black bars, top and bottom
-    assert clip[:, rows].any() and clip[:, -rows - 1].any()  # and no wider
-    stills = [render_still(np.random.default_rng(seed), "red ball on grass", "flat", size=size)[0] for seed in range(4)]
-    assert all(still[:rows].any() and still[-rows:].any() for still in stills)
-
-
 def object_mask(video: np.ndarray, colour: str) -> np.ndarray:
     """Pixels close to the flat palette's ``colour`` (backgrounds and distractors are kept away from it)."""
     target = np.asarray(STYLES["flat"].palette[colour]) * 255

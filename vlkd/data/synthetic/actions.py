@@ -76,7 +76,7 @@ __all__ = [
 
 MANIFEST_NAME = "world_info.json"
 # Bump when rendering or the folder layout changes: folders written by an older version then regenerate.
-FORMAT_VERSION = 5
+FORMAT_VERSION = 4
 _ROLES = ("train", "val")
 
 

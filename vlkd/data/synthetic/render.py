@@ -87,22 +87,6 @@ the frozen teacher for video students.  The captions are designed so that
   direction: where a path is placed is random, and a still does not show where
   the path starts.
 
-Videos are letterboxed, stills are not (the video domain gap)
---------------------------------------------------------------
-Every clip is recorded with black bars over the top and bottom
-:data:`LETTERBOX` of the frame (an even number of rows, at least two), as many web
-videos are; the stills are not.  This gives the world the gap between the
-image-text data a CLIP learns from and the frames of a video dataset that the
-real problem has (CLIP is far from perfect on Kinetics frames even for classes
-one frame shows): the frozen teacher, which never saw a bar, loses about a
-quarter of the static classes it solves on clean frames, and a student has
-to adapt its per-frame features to the video domain while keeping what the
-teacher knows.  Without this gap the teacher's frame features were already
-right for every video, and pulling a student straight onto them (FROSTER's
-ablation without the residual projector) cost nothing; with it, that pull
-holds the student on features the video domain gets wrong, which is what
-FROSTER's residual projector is for.
-
 Public functions return uint8 RGB arrays: :func:`render_clip` ``(T, H, W, 3)``,
 :func:`render_still` ``(H, W, 3)`` plus the caption.
 """
@@ -125,12 +109,10 @@ from vlkd.data.synthetic.world import (
 )
 from vlkd.errors import ConfigError
 
-__all__ = ["DEFAULT_FRAMES", "DEFAULT_SIZE", "LETTERBOX", "render_clip", "render_still", "as_concepts", "letterbox"]
+__all__ = ["DEFAULT_FRAMES", "DEFAULT_SIZE", "render_clip", "render_still", "as_concepts"]
 
 DEFAULT_FRAMES = 16
 DEFAULT_SIZE = 64
-# Clips (not stills) have black bars over this fraction of the height at the top and at the bottom.
-LETTERBOX = 1 / 32
 # Sub-samples per frame for motion blur: odd, so the middle one is the frame's own time.
 _BLUR_SAMPLES = 3
 _TAU = 2 * math.pi
@@ -169,19 +151,7 @@ def render_clip(
     _check_positive(size=size, frames=frames)
     scene = _sample_class_scene(rng, concepts, style)
     times = (np.arange(frames) + 0.5) / frames
-    return letterbox(_render(scene, size, times, exposure=1.0 / frames, rng=rng))
-
-
-def letterbox(frames: np.ndarray, fraction: float = LETTERBOX) -> np.ndarray:
-    """Black out the top and bottom ``fraction`` of the rows of ``(..., H, W, 3)`` frames, in place.
-
-    Each bar is an even number of rows, at least two: H.264's 4:2:0 chroma covers rows in
-    pairs, and a bar ending mid-pair would bleed colour into it. The frames are returned.
-    """
-    rows = 2 * max(1, round(frames.shape[-3] * fraction / 2))
-    frames[..., :rows, :, :] = 0
-    frames[..., -rows:, :, :] = 0
-    return frames
+    return _render(scene, size, times, exposure=1.0 / frames, rng=rng)
 
 
 def render_still(
