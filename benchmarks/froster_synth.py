@@ -1,6 +1,6 @@
 """FROSTER against its baselines on SynthActions: base / novel / HM over split seeds s1..s3, plus cross-dataset.
 
-    python benchmarks/froster_synth.py            # all rows, ~11 min on 2 CPU cores
+    python benchmarks/froster_synth.py            # all rows, ~20 min on 2 CPU cores
     python benchmarks/froster_synth.py --seeds 1  # one seed
 
 Rows (same data, same evaluation, same teacher):
@@ -11,7 +11,9 @@ Rows (same data, same evaluation, same teacher):
   FROSTER w/o text     visual distillation only
 
 Every run also evaluates zero-shot on the "textured" world (partly new classes):
-the cross-dataset column. Each run is `vlkd fit` / `vlkd test` with a shipped
+the cross-dataset column. Two more columns explain the rows: each run's HM minus
+FROSTER's on the same seed, and how close the student's novel frame and class
+embeddings stay to the teacher's (mean cosine). Each run is `vlkd fit` / `vlkd test` with a shipped
 config; finished runs are reused (delete benchmarks/runs/ to redo them). The
 table goes to benchmarks/results/froster_synth.{json,md}.
 """
@@ -92,7 +94,7 @@ def teacher_agreement(method: str, seed: int, world: str) -> dict[str, float]:
     (checkpoint,) = run_dir(method, seed).rglob("averaged.ckpt")
     student = load_student_scorer(checkpoint).method
     config = yaml.safe_load((HERE.parent / "configs" / "froster_synth.yaml").read_text())
-    teacher = student.teacher if hasattr(student, "teacher") else None
+    teacher = getattr(student, "teacher", None)
     if teacher is None:  # FineTuneCLIP keeps no teacher: rebuild the one it started from
         from vlkd.teacher import TeacherSpec
 
