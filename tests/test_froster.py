@@ -142,6 +142,16 @@ def test_ablation_flags_change_the_loss_terms_and_the_projectors():
     assert set(terms) == {"ce", "distill_visual", "distill_text"}
 
 
+def test_building_the_projectors_leaves_the_global_random_stream_alone():
+    # The ablations build fewer projectors; the same seed must still give them the same
+    # data order and augmentation draws as FROSTER, or a benchmark compares random streams.
+    after = {}
+    for residual in (True, False):
+        _froster(residual=residual)
+        after[residual] = torch.rand(8)
+    torch.testing.assert_close(after[True], after[False])
+
+
 def test_checkpoint_holds_student_and_projectors_not_the_teacher_and_loads_strictly(froster):
     state = froster.state_dict()
     assert not any(key.startswith("teacher.") for key in state)

@@ -135,9 +135,13 @@ class FROSTER(VideoCLIPMethod):
         self.visual_distill = visual_distill
         self.text_distill = text_distill
         # Projectors only for the distilled branches: an unused parameter would stall DDP.
+        # Their random init is drawn on a fork of the global generator, so whether they are
+        # built (FROSTER) or not (the ablations) leaves every later draw (data order,
+        # augmentation) the same: with one seed, the variants differ only in their losses.
         dim = self.student.embed_dim
-        self.visual_projector = ResidualProjector(dim, alpha) if residual and visual_distill else None
-        self.text_projector = ResidualProjector(dim, alpha) if residual and text_distill else None
+        with torch.random.fork_rng(devices=[]):
+            self.visual_projector = ResidualProjector(dim, alpha) if residual and visual_distill else None
+            self.text_projector = ResidualProjector(dim, alpha) if residual and text_distill else None
         # Teacher embeddings of each step's prompts: there are only len(templates) distinct
         # prompt lists for a fixed class list, and the teacher never changes.
         self._teacher_text: dict[tuple[str, ...], torch.Tensor] = {}
