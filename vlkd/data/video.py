@@ -487,40 +487,24 @@ class _PyAVReader(VideoReader):
 
     def _stream(self, wanted: list[int], chunk_size: int) -> Iterator[torch.Tensor]:
         """One sequential decode serving non-decreasing ``wanted`` chunk by chunk (see :meth:`read_chunks`)."""
-        import av
-
         kept: dict[int, np.ndarray] = {}  # decoded frames a chunk still needs
         position, last, ended = 0, None, False  # next frame index, last decoded frame, end reached
-        with self._errors("decoding frames"), self._open() as container:
-            stream = container.streams.video[0]
-            stream.thread_type = "AUTO"
-            stream.codec_context.thread_count = DECODER_THREADS
-            decoded = container.decode(stream)
+        decoded = self._frames()
+        with self._errors("decoding frames"), contextlib.closing(decoded):
             for start in range(0, len(wanted), chunk_size):
                 chunk = wanted[start : start + chunk_size]
                 kept = {index: rgb for index, rgb in kept.items() if index >= chunk[0]}
                 needed = set(chunk)
                 while not ended and position <= chunk[-1]:
-                    try:
-                        frame = next(decoded)
-                    except StopIteration:
-                        ended = True
-                        break
-                    except av.FFmpegError as error:
-                        if position == 0:
-                            raise
-                        _LOG.warning("%s: decoding stopped after %d frames (%s)", self.path, position,
-                                     _describe(error))
+                    frame = next(decoded, None)
+                    if frame is None:
                         ended = True
                         break
                     if position in needed:
                         kept[position] = frame.to_ndarray(format="rgb24")
                     last, position = frame, position + 1
-                if position == 0:
-                    raise self._fail("no decodable frames")
-                if ended:
-                    self._num_frames = position
-                    last_rgb = last.to_ndarray(format="rgb24")  # requests past the end get the last frame
+                if ended:  # requests past the end get the last frame
+                    last_rgb = last.to_ndarray(format="rgb24")
                     kept.update({index: last_rgb for index in needed if index not in kept})
                 yield torch.from_numpy(np.stack([kept[index] for index in chunk])).permute(0, 3, 1, 2)
 
@@ -529,34 +513,45 @@ class _PyAVReader(VideoReader):
 
         Returns the number of frames decoded, the ``(H, W, 3)`` RGB arrays of the
         frames in ``keep``, and the last decoded ``av.VideoFrame`` if decoding
-        reached the end of the stream before ``stop_after`` (else ``None``). A
-        decoding error after at least one frame ends the stream, as for a
-        truncated file.
+        reached the end of the stream before ``stop_after`` (else ``None``).
+        """
+        kept: dict[int, np.ndarray] = {}
+        count, last = 0, None
+        decoded = self._frames()
+        with contextlib.closing(decoded):
+            for last in decoded:
+                if count in keep:
+                    kept[count] = last.to_ndarray(format="rgb24")
+                count += 1
+                if stop_after is not None and count > stop_after:
+                    return count, kept, None
+        return count, kept, last
+
+    def _frames(self) -> Iterator[object]:
+        """Every decodable ``av.VideoFrame`` of the file in order, from one pass.
+
+        A decoding error after at least one frame ends the stream, as for a
+        truncated file; a file without a decodable frame fails. Reaching the end
+        records the frame count. Close the generator to stop early.
         """
         import av
 
-        kept: dict[int, np.ndarray] = {}
-        count, frame = 0, None
+        count = 0
         with self._open() as container:
             stream = container.streams.video[0]
             stream.thread_type = "AUTO"
             stream.codec_context.thread_count = DECODER_THREADS
             try:
                 for frame in container.decode(stream):
-                    if count in keep:
-                        kept[count] = frame.to_ndarray(format="rgb24")
+                    yield frame
                     count += 1
-                    if stop_after is not None and count > stop_after:
-                        return count, kept, None
             except av.FFmpegError as error:
                 if count == 0:
                     raise
                 _LOG.warning("%s: decoding stopped after %d frames (%s)", self.path, count, _describe(error))
         if count == 0:
             raise self._fail("no decodable frames")
-        if self._num_frames is None:
-            self._num_frames = count  # reached the end: the count is known for free
-        return count, kept, frame
+        self._num_frames = count  # reached the end: the count is known for free
 
 
 _READERS: dict[str, type[VideoReader]] = {
