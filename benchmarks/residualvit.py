@@ -182,9 +182,9 @@ def train_tokenizer(world: Path) -> Path:
 
 
 def load_eval_videos(world: Path):
-    """Every evaluation video of both halves: {half: (uint8 (V, T, C, H, W), labels, class names, groups)}.
+    """Every evaluation video of both halves: {half: (uint8 (V, T, C, H, W), labels, class names, subsets)}.
 
-    ``groups`` (V,) says whether each video's class is ``static`` or ``temporal``.
+    ``subsets`` maps ``static`` and ``temporal`` to the indices of the half's classes of that group.
     """
     from vlkd.data import load_base2novel
     from vlkd.data.synthetic import read_manifest, read_world_classes
@@ -200,8 +200,10 @@ def load_eval_videos(world: Path):
         for sample in tqdm(samples, desc=f"decoding {half} videos", leave=False):
             path = world / sample.path
             clips.append(read_frames(path, list(range(probe_video(path).num_frames))))
-        groups = [world_classes[classes[s.label]]["group"] for s in samples]
-        halves[half] = (torch.stack(clips), torch.tensor([s.label for s in samples]), list(classes), groups)
+        subsets: dict[str, list[int]] = {}
+        for index, class_name in enumerate(classes):
+            subsets.setdefault(world_classes[class_name]["group"], []).append(index)
+        halves[half] = (torch.stack(clips), torch.tensor([s.label for s in samples]), list(classes), subsets)
     return halves
 
 
@@ -212,7 +214,7 @@ def encode_clips(encode, clips: torch.Tensor, batch: int = 32) -> torch.Tensor:
 
 
 def accuracy_rows(teacher, tokenizer_path: Path, halves: dict) -> list[dict]:
-    from vlkd.eval.metrics import harmonic_mean
+    from vlkd.eval.metrics import OpenVocabAccuracy, harmonic_mean
     from vlkd.models import ResidualViT, residual_vit_from_checkpoint
 
     n, p = TARGET
@@ -234,18 +236,20 @@ def accuracy_rows(teacher, tokenizer_path: Path, halves: dict) -> list[dict]:
     for name, (selection, _) in encoders.items():
         row = {"encoder": name, "selection": selection}
         cos_all, cos_p = [], []
-        for half, (_, labels, classes, groups) in halves.items():
+        for half, (_, labels, classes, subsets) in halves.items():
             feats, target = features[name][half], features["teacher (full ViT)"][half]
             cosine = (feats * target).sum(-1)  # (V, T)
             cos_all.append(cosine.flatten())
             cos_p.append(cosine[:, is_p].flatten())
             text = teacher.encode_text(classes, "video")
             logits = (feats @ text.T).mean(dim=1)  # frame-averaged
-            correct = (logits.argmax(-1) == labels).float()
-            row[half] = 100.0 * correct.mean().item()
-            for group in ("static", "temporal"):  # the teacher is near 100 % on one, near chance on the other
-                member = torch.tensor([g == group for g in groups])
-                row[f"{half}_{group}"] = 100.0 * correct[member].mean().item()
+            # Static and temporal apart: the teacher is near 100 % on one, near chance on the other.
+            accuracy = OpenVocabAccuracy({half: len(classes)}, subsets={half: subsets})
+            accuracy.update(logits, labels, group=half)
+            scores = accuracy.compute()
+            row[half] = scores[f"{half}_top1"].item()
+            for group in subsets:
+                row[f"{half}_{group}"] = scores[f"{half}_{group}_top1"].item()
         row["hm"] = harmonic_mean(row["base"], row["novel"])
         row["cosine_all_frames"] = torch.cat(cos_all).mean().item()
         row["cosine_p_frames"] = torch.cat(cos_p).mean().item()

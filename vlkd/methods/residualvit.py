@@ -37,7 +37,7 @@ Where the paper is vague, this implementation chooses
   (``data.random_clips``, the offline world's generic video) with every
   composition of the vocabulary as the text set. Distilling on the 16-shot base
   clips instead lost 13 of 96 novel static videos (scenes with words no base
-  class has), against 1 of 96 with random clips.
+  class has), against 1 of 96 with random clips (8 evaluation clips per class).
 * **Temperature.** ``s`` is the teacher's logit scale (100 for OpenAI's weights);
   ``temperature`` overrides it.
 * **Which frames are distilled.** Only P-frames: an I-frame's student embedding *is*
