@@ -2,6 +2,7 @@
 
     python benchmarks/froster_synth.py            # all rows, ~20 min on 2 CPU cores
     python benchmarks/froster_synth.py --seeds 1  # one seed
+    python benchmarks/froster_synth.py --distill-weights 8 32   # FROSTER vs direct at other lambdas, ~20 min
 
 Rows (same data, same evaluation, same teacher):
   frozen teacher       ZeroShotCLIP, per-frame logits averaged
@@ -16,6 +17,12 @@ FROSTER's on the same seed, and how close the student's novel frame and class
 embeddings stay to the teacher's (mean cosine). Each run is `vlkd fit` / `vlkd test` with a shipped
 config; finished runs are reused (delete benchmarks/runs/ to redo them). The
 table goes to benchmarks/results/froster_synth.{json,md}.
+
+``--distill-weights`` asks a narrower question instead: does the residual projector
+matter more when the distillation weight lambda is raised, i.e. when distilling
+straight to the teacher starts to cost base accuracy? It runs FROSTER and the
+no-projector ablation at each given lambda (and the config's own), and writes
+benchmarks/results/froster_synth_lambda.{json,md}.
 """
 
 from __future__ import annotations
@@ -36,6 +43,8 @@ HERE = Path(__file__).parent
 RESULTS = HERE / "results"
 RUNS = HERE / "runs" / "froster_synth"
 CROSS = ["--data.init_args.zero_shot_styles", "[textured]"]
+CONFIG_DISTILL_WEIGHT = yaml.safe_load((HERE.parent / "configs" / "froster_synth.yaml").read_text())[
+    "model"]["init_args"]["distill_weight"]
 
 METHODS = {
     "frozen teacher": ("test", "configs/zeroshot_synth.yaml", []),
@@ -46,13 +55,19 @@ METHODS = {
 }
 
 
-def run_dir(method: str, seed: int) -> Path:
-    return RUNS / method.replace(" ", "_").replace("/", "") / f"s{seed}"
+def run_dir(method: str, seed: int, distill_weight: float | None = None) -> Path:
+    """Where a run lives; runs at a non-default lambda get their own ``lambda<w>/`` folder."""
+    name = method.replace(" ", "_").replace("/", "")
+    if distill_weight is None or distill_weight == CONFIG_DISTILL_WEIGHT:
+        return RUNS / name / f"s{seed}"
+    return RUNS / f"lambda{distill_weight:g}" / name / f"s{seed}"
 
 
-def run_one(method: str, seed: int, world: str) -> dict:
+def run_one(method: str, seed: int, world: str, distill_weight: float | None = None) -> dict:
     command, config, extra = METHODS[method]
-    out = run_dir(method, seed)
+    out = run_dir(method, seed, distill_weight)
+    if out != run_dir(method, seed):
+        extra = [*extra, "--model.init_args.distill_weight", str(distill_weight)]
     done = out / "summary.json"
     if done.is_file():
         return json.loads(done.read_text())
@@ -121,12 +136,41 @@ def with_agreement(method: str, seed: int, world: str) -> dict:
     return summary
 
 
+def distill_weight_sweep(weights: list[float], seeds: list[int], world: str) -> None:
+    """FROSTER against direct distillation at several lambdas: the table behind the README's sweep."""
+    pair = ["FROSTER", "FROSTER w/o residual"]
+    columns = ["base", "novel", "hm", "direct_minus_froster", "base_temporal", "novel_temporal", "cross_dataset"]
+    runs, rows = {}, []
+    for weight in sorted({CONFIG_DISTILL_WEIGHT, *weights}):
+        froster, direct = ([run_one(m, seed, world, weight) for seed in seeds] for m in pair)
+        for method, method_runs in zip(pair, (froster, direct)):
+            for run, reference in zip(method_runs, froster):
+                run["direct_minus_froster"] = run["hm"] - reference["hm"]  # paired by seed
+            key = f"{method}, lambda {weight:g}"
+            runs[key] = method_runs
+            summary = summarize_seeds(method_runs)
+            rows.append({"method": method, "lambda": f"{weight:g}", **{c: summary[c] for c in columns}})
+    write_results({"seeds": seeds, "runs": runs}, RESULTS, name="froster_synth_lambda")
+    table = markdown_table(rows, ["method", "lambda", *columns])
+    header = (f"# FROSTER vs distillation without the residual projector, by lambda (flat world, seeds {seeds}, "
+              "mean ± std; top-1 %)\n\n"
+              "lambda: the distillation weight in L = CE + lambda * (L_v + L_t).\n"
+              "direct_minus_froster: the HM of the row minus FROSTER's at the same lambda and seed.\n\n")
+    (RESULTS / "froster_synth_lambda.md").write_text(header + table)
+    print(table)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--seeds", type=int, nargs="+", default=[1, 2, 3])
     parser.add_argument("--world", default="synth/flat", help="the flat world's folder (textured goes beside it)")
     parser.add_argument("--methods", nargs="+", default=list(METHODS), choices=list(METHODS))
+    parser.add_argument("--distill-weights", type=float, nargs="+", metavar="LAMBDA",
+                        help="instead of the main table: FROSTER vs direct distillation at these lambdas")
     args = parser.parse_args()
+    if args.distill_weights:
+        distill_weight_sweep(args.distill_weights, args.seeds, args.world)
+        return
     per_method = {m: [with_agreement(m, seed, args.world) for seed in args.seeds] for m in args.methods}
     columns = ["base", "novel", "hm", "base_static", "base_temporal", "novel_static", "novel_temporal",
                "cross_dataset", "novel_frame_cos", "novel_text_cos", "minutes"]
