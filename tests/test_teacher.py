@@ -15,6 +15,7 @@ from torch import nn
 from vlkd import create_teacher
 from vlkd.errors import ConfigError, MissingFileError, WeightsNotFoundError
 from vlkd.methods import trainable_parameters
+from vlkd.teacher.factory import is_torchscript_archive
 from vlkd.teacher import VIDEO_TEMPLATES
 
 from .conftest import TINY
@@ -126,6 +127,28 @@ def test_checkpoint_files_safetensors_and_torch(tmp_path, tiny_teacher):
     for name in ("tiny.safetensors", "tiny.pt"):
         loaded = create_teacher(TINY, pretrained=str(tmp_path / name))
         torch.testing.assert_close(loaded.encode_images(pixels), expected)
+
+
+def test_openai_torchscript_file_loads_with_quick_gelu(tmp_path):
+    # OpenAI's own CLIP files (ViT-B-16.pt) are TorchScript archives of QuickGELU models;
+    # this architecture's config uses GELU, so only the file can tell.
+    arch = "vlkd-synth-vit"
+    assert not open_clip.get_model_config(arch).get("quick_gelu")
+    torch.manual_seed(0)
+    reference = open_clip.create_model(arch, force_quick_gelu=True).eval()
+    pixels, tokens = torch.rand(1, 3, 64, 64), open_clip.get_tokenizer(arch)(["a red ball"])
+    traced = torch.jit.trace(reference, (pixels, tokens), strict=False, check_trace=False)
+    traced.save(str(tmp_path / "openai.pt"))
+    torch.save(reference.state_dict(), tmp_path / "state.pt")
+    assert is_torchscript_archive(tmp_path / "openai.pt") and not is_torchscript_archive(tmp_path / "state.pt")
+
+    loaded = create_teacher(arch, pretrained=str(tmp_path / "openai.pt"))
+    assert type(loaded.adapter.model.visual.transformer.resblocks[0].mlp.gelu) is open_clip.transformer.QuickGELU
+    mean, std = (torch.tensor(v).view(1, 3, 1, 1) for v in (loaded.preprocess.mean, loaded.preprocess.std))
+    expected = F.normalize(reference.encode_image((pixels - mean) / std), dim=-1)  # 64 px: no resize
+    torch.testing.assert_close(loaded.encode_images(pixels), expected, atol=1e-6, rtol=1e-5)
+    with pytest.raises(ConfigError, match="does not hold the weights of this architecture"):
+        create_teacher(TINY, pretrained=str(tmp_path / "openai.pt"))
 
 
 def test_open_clip_hub_folder(tmp_path, tiny_teacher):

@@ -26,6 +26,7 @@ import difflib
 import json
 import logging
 import os
+import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -131,18 +132,54 @@ def _load_open_clip(name: str, pretrained: str | None, cache_dir: str | None, of
             if not candidate.is_file():
                 raise MissingFileError(candidate, "teacher checkpoint", "check the path given as pretrained")
             checkpoint = str(candidate)
+            # OpenAI's own files (ViT-B-16.pt from their URL) are TorchScript archives of
+            # models trained with QuickGELU; open_clip's plain architecture names use GELU.
+            quick_gelu = is_torchscript_archive(candidate)
         else:
             checkpoint, quick_gelu = _find_pretrained(name, pretrained, cache_dir, offline)
     with _no_random_init_warning(enabled=checkpoint is not None):
         model = open_clip.create_model(name, pretrained=None, force_quick_gelu=quick_gelu)
-    if checkpoint is not None:
-        # open_clip's loader reads safetensors, or torch.load with weights_only=True,
-        # and understands OpenAI's original TorchScript archives.
+    if checkpoint is not None and is_torchscript_archive(checkpoint):
+        _load_torchscript_weights(model, checkpoint)
+    elif checkpoint is not None:
+        # open_clip's loader reads safetensors, or torch.load with weights_only=True.
         open_clip.load_checkpoint(model, checkpoint, weights_only=True)
     else:
         log.warning("teacher %s has random weights (no pretrained given)", name)
     tokenizer = open_clip.get_tokenizer(name)
     return OpenCLIPAdapter(model, tokenizer, _open_clip_preprocess(model))
+
+
+def is_torchscript_archive(path: str | Path) -> bool:
+    """Whether ``path`` is a TorchScript archive (``torch.jit.save``), as OpenAI's CLIP files are.
+
+    Such an archive holds ``code/`` and ``constants.pkl``, which a ``torch.save`` checkpoint never does.
+    """
+    if not zipfile.is_zipfile(path):
+        return False
+    with zipfile.ZipFile(path) as archive:
+        return any(member.endswith("/constants.pkl") for member in archive.namelist())
+
+
+def _load_torchscript_weights(model: torch.nn.Module, path: str) -> None:
+    """Load the weights of an OpenAI TorchScript CLIP file into the open_clip ``model``.
+
+    ``torch.load(weights_only=True)`` refuses TorchScript, so the archive is opened with
+    ``torch.jit.load`` (which runs no Python pickle code) and only its tensors are kept.
+    """
+    archive = torch.jit.load(path, map_location="cpu")
+    # OpenAI's archives also hold three ints; a traced open_clip model also holds the
+    # buffers open_clip keeps out of its state dict (the text attention mask).
+    non_persistent = {name for name, _ in model.named_buffers()} - set(model.state_dict())
+    skip = {"input_resolution", "context_length", "vocab_size", *non_persistent}
+    state_dict = {key: value for key, value in archive.state_dict().items() if key not in skip}
+    try:
+        model.load_state_dict(state_dict, strict=True)
+    except RuntimeError as error:
+        raise ConfigError(
+            f"{path} does not hold the weights of this architecture ({' '.join(str(error).split())[:300]}): "
+            "name the architecture the file was saved from, e.g. ViT-B-16 for OpenAI's ViT-B-16.pt"
+        ) from None
 
 
 @contextlib.contextmanager
