@@ -65,3 +65,37 @@ def hf_clip_folder(tmp_path_factory):
     CLIPModel(config).save_pretrained(folder)
     write_hf_clip_tokenizer(folder)
     return folder
+
+
+def save_checkpoint(method, path, class_path: str | None = None):
+    """Write ``method`` (untrained) as the Lightning checkpoint a `vlkd fit` run would, at ``path``.
+
+    ``class_path``: what LightningCLI records in the hyperparameters (``vlkd.methods.FineTuneCLIP``).
+    """
+    import lightning.pytorch as pl
+
+    if class_path is not None:
+        method.hparams.update(_class_path=class_path, _instantiator="lightning.pytorch.cli.instantiate_module")
+    trainer = pl.Trainer(accelerator="cpu", logger=False, enable_checkpointing=False, enable_progress_bar=False,
+                         enable_model_summary=False)
+    trainer.strategy.connect(method)
+    trainer.save_checkpoint(path)
+    return path
+
+
+def write_openai_style_archive(arch: str, path):
+    """Save a random ``arch`` CLIP with QuickGELU as a TorchScript archive, the format of OpenAI's
+    own CLIP files (ViT-B-16.pt); returns the model (eval mode) whose weights it holds."""
+    import warnings
+
+    import open_clip
+
+    torch.manual_seed(0)
+    model = open_clip.create_model(arch, force_quick_gelu=True).eval()
+    size = model.visual.image_size
+    size = size if isinstance(size, (tuple, list)) else (size, size)
+    inputs = (torch.rand(1, 3, *size), open_clip.get_tokenizer(arch)(["a"]))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # the tracer's notes on Python control flow
+        torch.jit.trace(model, inputs, strict=False, check_trace=False).save(str(path))
+    return model

@@ -18,6 +18,8 @@ from vlkd.demo.handler import MAX_CLASSES
 from vlkd.demo.samples import FPS, SAMPLES, load_samples
 from vlkd.errors import ConfigError, MissingFileError
 
+from .conftest import save_checkpoint
+
 REPO = Path(__file__).resolve().parent.parent
 SAMPLE_DIR = REPO / "data" / "samples"
 
@@ -179,17 +181,10 @@ def test_the_shipped_samples_are_listed_small_and_decodable():
 # --------------------------------------------------------------------------- a FROSTER student
 
 def _save_froster(path: Path, **kwargs) -> Path:
-    import lightning.pytorch as pl
-
     from vlkd.methods import FROSTER
     from vlkd.teacher import TeacherSpec
 
-    method = FROSTER(teacher=TeacherSpec(*DEFAULT_TEACHER), **kwargs)
-    trainer = pl.Trainer(accelerator="cpu", logger=False, enable_checkpointing=False, enable_progress_bar=False,
-                         enable_model_summary=False)
-    trainer.strategy.connect(method)
-    trainer.save_checkpoint(path)
-    return path
+    return save_checkpoint(FROSTER(teacher=TeacherSpec(*DEFAULT_TEACHER), **kwargs), path)
 
 
 @pytest.fixture(scope="module")
@@ -213,18 +208,11 @@ def test_a_froster_checkpoint_scores_with_its_student(teacher, samples, froster_
 
 
 def test_a_fine_tuned_checkpoint_written_by_vlkd_fit_loads_as_its_own_class(tmp_path):
-    import lightning.pytorch as pl
-
     from vlkd.methods import FineTuneCLIP
     from vlkd.teacher import TeacherSpec
 
-    method = FineTuneCLIP(clip=TeacherSpec(*DEFAULT_TEACHER))
-    # What `vlkd fit` (LightningCLI) adds to the hyperparameters it saves.
-    method.hparams.update(_class_path="vlkd.methods.FineTuneCLIP", _instantiator="lightning.pytorch.cli.instantiate_module")
-    trainer = pl.Trainer(accelerator="cpu", logger=False, enable_checkpointing=False, enable_progress_bar=False,
-                         enable_model_summary=False)
-    trainer.strategy.connect(method)
-    trainer.save_checkpoint(tmp_path / "finetuned.ckpt")
+    save_checkpoint(FineTuneCLIP(clip=TeacherSpec(*DEFAULT_TEACHER)), tmp_path / "finetuned.ckpt",
+                    class_path="vlkd.methods.FineTuneCLIP")
     student = load_student_scorer(tmp_path / "finetuned.ckpt")
     assert type(student.method) is FineTuneCLIP and student.label == "FineTuneCLIP student: finetuned.ckpt"
 

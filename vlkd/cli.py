@@ -35,6 +35,7 @@ EXTRA_COMMANDS: dict[str, tuple[str, str]] = {
     "zeroshot": ("vlkd.commands.zeroshot", "evaluate a frozen teacher zero-shot on a video split: base / novel / HM"),
     "encode": ("vlkd.commands.encode", "dense per-frame features of long videos with ResidualViT (or the full ViT)"),
     "demo": ("vlkd.commands.demo", "a local web page for zero-shot action queries on a video (needs vlkd[demo])"),
+    "export": ("vlkd.commands.export", "write a trained video student (FROSTER, fine-tuning) as an open_clip weights folder"),
 }
 
 

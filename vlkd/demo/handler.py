@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import re
 import time
-import zipfile
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -262,48 +261,9 @@ def load_teacher_scorer(name: str, pretrained: str | None, device: str | torch.d
 def load_student_scorer(checkpoint: str | Path, device: str | torch.device = "cpu") -> StudentScorer:
     """A trained FROSTER (or fine-tuned CLIP) student from a Lightning checkpoint, as a :class:`Scorer`.
 
-    The checkpoint is read with ``weights_only=True``; the teacher named in its hyperparameters
-    is rebuilt (FROSTER keeps it for training), so its weights must be available.
-
-    Raises:
-        MissingFileError: no file at ``checkpoint``.
-        ConfigError: the file is not a checkpoint of a video CLIP method.
+    See :func:`vlkd.methods.checkpoints.load_video_method` for what is checked and raised.
     """
-    from vlkd.errors import ConfigError, MissingFileError
-    from vlkd.methods import FROSTER, FineTuneCLIP
-    from vlkd.teacher import TeacherSpec
+    from vlkd.methods.checkpoints import load_video_method
 
-    path = Path(checkpoint).expanduser()
-    if not path.exists():
-        raise MissingFileError(path, "student checkpoint", "pass the .ckpt file a `vlkd fit` run wrote, e.g. averaged.ckpt")
-    if not path.is_file():
-        raise ConfigError(f"student checkpoint {path} is a folder: pass the .ckpt file inside it, e.g. averaged.ckpt")
-    if not zipfile.is_zipfile(path):
-        raise ConfigError(f"{path} is not a PyTorch checkpoint: pass the .ckpt file a `vlkd fit` run wrote")
-    # The hyperparameters name the teacher with a TeacherSpec: the one class allowed besides tensors.
-    with torch.serialization.safe_globals([TeacherSpec]):
-        try:
-            # A memory-mapped look first: a plain state dict would otherwise build a default ViT-B/16 teacher.
-            content = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
-            if not isinstance(content, dict) or not {"state_dict", "hyper_parameters"} <= set(content):
-                raise ConfigError(
-                    f"{path} is not a Lightning checkpoint of a method (no state_dict and hyper_parameters): "
-                    "pass the .ckpt file a `vlkd fit` run wrote"
-                )
-            # Load with the class the checkpoint names (its hyperparameters are parsed
-            # against that class's signature), among the video CLIP students only.
-            class_path = str(content["hyper_parameters"].get("_class_path", "vlkd.methods.FROSTER"))
-            del content
-            students = {cls.__name__: cls for cls in (FROSTER, FineTuneCLIP)}
-            method_class = students.get(class_path.rsplit(".", 1)[-1])
-            if method_class is None:
-                raise ConfigError(f"{path} holds a {class_path}, not a video CLIP student such as FROSTER")
-            method = method_class.load_from_checkpoint(path, map_location=device, weights_only=True)
-        except VlkdError:
-            raise
-        except Exception as error:  # torch, pickle and Lightning raise many types for a bad file
-            text = str(error)
-            match = re.search(r"WeightsUnpickler error: ([^\n]*)", text)
-            reason = match.group(1) if match else " ".join(text.split())[:300] or type(error).__name__
-            raise ConfigError(f"cannot load {path} as a video CLIP student checkpoint: {reason}") from None
-    return StudentScorer(method.to(device), f"{type(method).__name__} student: {path.name}")
+    method = load_video_method(checkpoint, device)
+    return StudentScorer(method, f"{type(method).__name__} student: {Path(checkpoint).name}")

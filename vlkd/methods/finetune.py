@@ -65,7 +65,9 @@ NO_DECAY_NAMES = ("embedding",)
 class VideoCLIPMethod(VideoMethod):
     """Fine-tunes a :class:`~vlkd.models.VideoCLIP` student with cross-entropy (see the module docstring).
 
-    Subclasses add loss terms through :meth:`extra_losses`.
+    Subclasses add loss terms through :meth:`extra_losses`, and set ``initial_weights``,
+    the :class:`~vlkd.teacher.TeacherSpec` of the weights the student started from
+    (``vlkd export`` reads the architecture from it).
 
     Args:
         clip: the frozen CLIP model the student is copied from (not kept by this class).
@@ -288,8 +290,9 @@ class FineTuneCLIP(VideoCLIPMethod):
     ):
         # The frozen model is only the source of the weights, tokenizer and pixel
         # statistics: it is not kept, so it costs no memory after construction.
+        clip = clip or TeacherSpec()
         super().__init__(
-            (clip or TeacherSpec()).build(),
+            clip.build(),
             templates=templates,
             class_descriptions=class_descriptions,
             temporal="none",
@@ -300,3 +303,4 @@ class FineTuneCLIP(VideoCLIPMethod):
             grad_checkpointing=grad_checkpointing,
         )
         self.save_hyperparameters()
+        self.initial_weights = clip

@@ -117,7 +117,8 @@ class FROSTER(VideoCLIPMethod):
         warmup_epochs: float = 2.0,
         grad_checkpointing: bool = False,
     ):
-        frozen = (teacher or TeacherSpec()).build()
+        teacher = teacher or TeacherSpec()
+        frozen = teacher.build()
         super().__init__(
             frozen,
             templates=templates,
@@ -130,6 +131,7 @@ class FROSTER(VideoCLIPMethod):
             grad_checkpointing=grad_checkpointing,
         )
         self.save_hyperparameters()
+        self.initial_weights = teacher
         self.teacher = frozen
         self.distill_weight = distill_weight
         self.visual_distill = visual_distill

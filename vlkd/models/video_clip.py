@@ -20,19 +20,24 @@ Nothing here imports Lightning: the module is usable for export and inference al
 from __future__ import annotations
 
 import copy
+import json
 from collections.abc import Sequence
+from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 from open_clip.transformer import ResidualAttentionBlock
+from safetensors.torch import save_file
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
 from vlkd.data.transforms import eval_transform
-from vlkd.errors import ConfigError
+from vlkd.errors import ConfigError, MissingFileError
 from vlkd.teacher.backends import PreprocessConfig
 
 TEMPORAL_MODES = ("neighbour", "none")
+#: The file names of open_clip's folder layout, which :meth:`VideoCLIP.save_pretrained` writes.
+WEIGHTS_FILE, CONFIG_FILE = "open_clip_model.safetensors", "open_clip_config.json"
 
 
 def neighbour_attention(attn: nn.MultiheadAttention, x: torch.Tensor, frames: int) -> torch.Tensor:
@@ -133,6 +138,58 @@ class VideoCLIP(nn.Module):
             )
         model = copy.deepcopy(adapter.model).requires_grad_(True).train()
         return cls(model, teacher.preprocess, adapter.tokenizer, temporal, grad_checkpointing)
+
+    # -- export -----------------------------------------------------------------------
+    def save_pretrained(self, folder: str | Path, model_cfg: dict, metadata: dict | None = None) -> Path:
+        """Write this student as an open_clip weights folder; returns the folder.
+
+        ``open_clip_model.safetensors`` holds the CLIP model's state dict (the neighbour
+        attention has no parameters of its own) and ``open_clip_config.json`` holds
+        ``model_cfg`` (open_clip's architecture config, see
+        :func:`vlkd.teacher.factory.open_clip_model_config`), the pixel pipeline, and under
+        ``"vlkd"`` the temporal mode plus ``metadata``. open_clip reads the folder as
+        ``local-dir:<folder>``; :meth:`from_pretrained` restores the video student.
+        """
+        if (model_cfg.get("text_cfg") or {}).get("hf_tokenizer_name"):
+            raise ConfigError(
+                "this student's text tower uses a Hugging Face tokenizer, which the open_clip folder "
+                "layout would need beside the weights: exporting it is not supported"
+            )
+        folder = Path(folder)
+        folder.mkdir(parents=True, exist_ok=True)
+        state = {key: value.detach().cpu().contiguous() for key, value in self.model.state_dict().items()}
+        save_file(state, folder / WEIGHTS_FILE)
+        config = {
+            "model_cfg": model_cfg,
+            "preprocess_cfg": {
+                "size": self.preprocess.image_size,
+                "mean": list(self.preprocess.mean),
+                "std": list(self.preprocess.std),
+                "interpolation": self.preprocess.interpolation,
+                "resize_mode": "shortest",
+            },
+            "vlkd": {"student": "video_clip", "temporal": self.temporal, **(metadata or {})},
+        }
+        (folder / CONFIG_FILE).write_text(json.dumps(config, indent=2) + "\n", encoding="utf-8")
+        return folder
+
+    @classmethod
+    def from_pretrained(cls, folder: str | Path, temporal: str | None = None,
+                        device: str | torch.device = "cpu") -> VideoCLIP:
+        """The student :meth:`save_pretrained` wrote (or any open_clip ViT folder), in eval mode.
+
+        ``temporal`` defaults to the mode saved with the weights (``"none"`` for a plain
+        open_clip folder).
+        """
+        from vlkd.teacher import create_teacher
+
+        folder = Path(folder)
+        config_file = folder / CONFIG_FILE
+        if not config_file.is_file():
+            raise MissingFileError(config_file, "exported student config", "pass the folder `vlkd export` wrote")
+        saved = json.loads(config_file.read_text()).get("vlkd", {})
+        temporal = temporal or saved.get("temporal", "none")
+        return cls.from_teacher(create_teacher(str(folder)), temporal=temporal).to(device).eval()
 
     # -- properties -------------------------------------------------------------------
     @property

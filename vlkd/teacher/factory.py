@@ -26,12 +26,14 @@ import difflib
 import json
 import logging
 import os
+import warnings
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 
 import open_clip
 import torch
+from open_clip.transformer import QuickGELU
 
 from vlkd.errors import ConfigError, MissingFileError, WeightsNotFoundError
 from vlkd.paths import asset_path
@@ -167,7 +169,9 @@ def _load_torchscript_weights(model: torch.nn.Module, path: str) -> None:
     ``torch.load(weights_only=True)`` refuses TorchScript, so the archive is opened with
     ``torch.jit.load`` (which runs no Python pickle code) and only its tensors are kept.
     """
-    archive = torch.jit.load(path, map_location="cpu")
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", category=FutureWarning)  # jit.load's deprecation: the format is OpenAI's
+        archive = torch.jit.load(path, map_location="cpu")
     # OpenAI's archives also hold three ints; a traced open_clip model also holds the
     # buffers open_clip keeps out of its state dict (the text attention mask).
     non_persistent = {name for name, _ in model.named_buffers()} - set(model.state_dict())
@@ -246,6 +250,29 @@ def _hub_cache_lookup(hub: str, cache_dir: str | None) -> str | None:
         except Exception:
             continue
     return None
+
+
+def open_clip_model_config(name: str, model: torch.nn.Module) -> dict:
+    """The open_clip ``model_cfg`` that rebuilds ``model``, which ``create_teacher(name, ...)`` built.
+
+    For a folder, the config it was read from; for an architecture name, open_clip's config
+    for it with ``quick_gelu`` set as ``model`` has it (OpenAI weights use QuickGELU, which
+    the plain name does not say).
+
+    Raises:
+        ConfigError: ``name`` is a Hugging Face folder, or an architecture open_clip does not know.
+    """
+    path = Path(name).expanduser()
+    if path.is_dir():
+        config_file = path / "open_clip_config.json"
+        if not config_file.is_file():
+            raise ConfigError(f"{path} is not an open_clip weights folder (no open_clip_config.json)")
+        config = json.loads(config_file.read_text())
+        return dict(config.get("model_cfg", config))
+    _check_architecture(name)
+    config = open_clip.get_model_config(name)
+    config["quick_gelu"] = any(isinstance(module, QuickGELU) for module in model.modules())
+    return config
 
 
 # -- folders ------------------------------------------------------------------------
