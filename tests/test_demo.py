@@ -207,6 +207,26 @@ def test_a_froster_checkpoint_scores_with_its_student(teacher, samples, froster_
     torch.testing.assert_close(changed.frame_similarity, -by_teacher.frame_similarity, atol=1e-4, rtol=1e-4)
 
 
+def test_an_exported_student_scores_as_its_checkpoint_does(samples, tmp_path):
+    from vlkd.commands.demo import build_parser, load_models
+
+    checkpoint = _save_froster(tmp_path / "averaged.ckpt", class_descriptions=None)
+    from_checkpoint = load_student_scorer(checkpoint)
+    with torch.no_grad():  # a student that is no longer the teacher
+        from_checkpoint.method.student.model.visual.proj.mul_(-1)
+    save_checkpoint(from_checkpoint.method, checkpoint)
+    assert main(["export", str(checkpoint), "--out", str(tmp_path / "student")]) == 0
+    exported = load_student_scorer(tmp_path / "student")
+    assert exported.label == "FROSTER student: student"
+    path, sample = samples["three_scenes.mp4"]
+    by_export, by_checkpoint = score_video(path, sample.queries, exported), score_video(path, sample.queries, from_checkpoint)
+    torch.testing.assert_close(by_export.frame_similarity, by_checkpoint.frame_similarity, rtol=0, atol=0)
+    assert by_export.probabilities == pytest.approx(by_checkpoint.probabilities)
+    # `vlkd demo --checkpoint FOLDER` offers it first, then the teacher.
+    scorers = load_models(build_parser().parse_args(["--checkpoint", str(tmp_path / "student")]))
+    assert [s.label for s in scorers][0] == "FROSTER student: student" and len(scorers) == 2
+
+
 def test_a_fine_tuned_checkpoint_written_by_vlkd_fit_loads_as_its_own_class(tmp_path):
     from vlkd.methods import FineTuneCLIP
     from vlkd.teacher import TeacherSpec

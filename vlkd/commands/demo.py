@@ -7,6 +7,7 @@ or a trained FROSTER student from ``--checkpoint``. Needs ``pip install "vlkd[de
 
     vlkd demo                                      # the shipped teacher, http://127.0.0.1:7860
     vlkd demo --checkpoint runs/froster_synth/lightning_logs/version_0/checkpoints/averaged.ckpt
+    vlkd demo --checkpoint students/froster_synth   # a student written by `vlkd export`
     vlkd demo --teacher ViT-B-16 --pretrained /ckpt/ViT-B-16.pt --port 8080
 """
 
@@ -31,7 +32,8 @@ def build_parser() -> argparse.ArgumentParser:
                         help=f"pretrained tag or checkpoint file for an architecture name "
                              f"(default: {DEFAULT_TEACHER[1]!r} for {DEFAULT_TEACHER[0]}, else none)")
     parser.add_argument("--checkpoint", default=None,
-                        help="a FROSTER checkpoint (.ckpt from `vlkd fit`) to offer its student besides the teacher")
+                        help="a FROSTER checkpoint (.ckpt from `vlkd fit`) or a folder from `vlkd export`, "
+                             "to offer its student besides the teacher")
     parser.add_argument("--host", default="127.0.0.1", help="address to serve on (default 127.0.0.1; 0.0.0.0 exposes the page to the network)")
     parser.add_argument("--port", type=int, default=7860, help="port to serve on (default 7860)")
     parser.add_argument("--fps", type=float, default=DEFAULT_FPS, help=f"frames scored per second of video (default {DEFAULT_FPS:g})")
@@ -55,7 +57,7 @@ def load_models(args: argparse.Namespace) -> list:
     pretrained = args.pretrained
     if pretrained is None and args.teacher == DEFAULT_TEACHER[0]:
         pretrained = DEFAULT_TEACHER[1]
-    held = getattr(scorers[0].method, "teacher", None) if scorers else None
+    held = getattr(getattr(scorers[0], "method", None), "teacher", None) if scorers else None
     if held is not None and held.name == f"{args.teacher}:{pretrained}":
         # FROSTER already holds this frozen teacher: offer it rather than loading it twice.
         scorers.append(TeacherScorer(held, f"frozen teacher: {args.teacher} ({pretrained})"))

@@ -9,6 +9,7 @@ Importing this package does not import Gradio.
 
 from vlkd.demo.handler import (
     DemoInputError,
+    ExportedStudentScorer,
     Scorer,
     Scores,
     StudentScorer,
@@ -21,6 +22,7 @@ from vlkd.demo.handler import (
 
 __all__ = [
     "DemoInputError",
+    "ExportedStudentScorer",
     "Scorer",
     "Scores",
     "StudentScorer",

@@ -16,6 +16,7 @@ Bad input raises :class:`DemoInputError` with a message meant for the page.
 
 from __future__ import annotations
 
+import json
 import re
 import time
 from collections.abc import Sequence
@@ -148,6 +149,33 @@ class StudentScorer(Scorer):
         return self.method.class_embeddings(list(names))
 
 
+class ExportedStudentScorer(Scorer):
+    """A video student exported with ``vlkd export``: the :class:`~vlkd.models.VideoCLIP` in the
+    folder, with the prompt templates, class descriptions and logit scale its config records."""
+
+    def __init__(self, folder: str | Path, device: str | torch.device = "cpu"):
+        from vlkd.models import VideoCLIP
+        from vlkd.models.video_clip import CONFIG_FILE
+
+        folder = Path(folder)
+        self.student = VideoCLIP.from_pretrained(folder, device=device)
+        saved = json.loads((folder / CONFIG_FILE).read_text())["vlkd"]
+        self.templates = tuple(saved["templates"])
+        self.descriptions = dict(saved.get("class_descriptions") or {})
+        self.label = f"{saved.get('method', 'exported')} student: {folder.name}"
+        self.image_size = self.student.image_size
+        self.logit_scale = float(saved["logit_scale"])
+        self.device = self.student.pixel_mean.device
+
+    @torch.no_grad()
+    def encode_frames(self, video: torch.Tensor) -> torch.Tensor:
+        return self.student.encode_video(video, normalize=True)[0]
+
+    @torch.no_grad()
+    def encode_text(self, names: Sequence[str]) -> torch.Tensor:
+        return self.student.class_embeddings(list(names), self.templates, self.descriptions)
+
+
 def parse_names(text: str | None, max_classes: int = MAX_CLASSES) -> list[str]:
     """Comma-separated action names -> a list, whitespace tidied; rejects empty, duplicate or too many names."""
     if text is None or not text.strip():
@@ -258,12 +286,17 @@ def load_teacher_scorer(name: str, pretrained: str | None, device: str | torch.d
     return TeacherScorer(teacher, f"frozen teacher: {name}" + (f" ({pretrained})" if pretrained else ""))
 
 
-def load_student_scorer(checkpoint: str | Path, device: str | torch.device = "cpu") -> StudentScorer:
-    """A trained FROSTER (or fine-tuned CLIP) student from a Lightning checkpoint, as a :class:`Scorer`.
+def load_student_scorer(checkpoint: str | Path, device: str | torch.device = "cpu") -> Scorer:
+    """A trained FROSTER (or fine-tuned CLIP) student, as a :class:`Scorer`: from a Lightning
+    checkpoint, or from the folder ``vlkd export`` wrote.
 
     See :func:`vlkd.methods.checkpoints.load_video_method` for what is checked and raised.
     """
     from vlkd.methods.checkpoints import load_video_method
+    from vlkd.models.video_clip import is_exported_student
+
+    if is_exported_student(checkpoint):
+        return ExportedStudentScorer(checkpoint, device)
 
     method = load_video_method(checkpoint, device)
     return StudentScorer(method, f"{type(method).__name__} student: {Path(checkpoint).name}")

@@ -52,6 +52,7 @@ from vlkd.errors import ConfigError, MissingFileError
 from vlkd.methods.base import VideoMethod, trainable_parameters
 from vlkd.models import create_student
 from vlkd.teacher import FrozenCLIP, TeacherSpec, resolve_templates
+from vlkd.teacher.prompts import class_prompts
 
 log = logging.getLogger(__name__)
 
@@ -122,9 +123,7 @@ class VideoCLIPMethod(VideoMethod):
     # -- prompts ------------------------------------------------------------------------
     def prompts(self, class_names: Sequence[str], template: str) -> list[str]:
         """One sentence per class: the filled template, then the class description if there is one."""
-        filled = [template.format(name) for name in class_names]
-        return [f"{text} {self.descriptions[name]}" if name in self.descriptions else text
-                for text, name in zip(filled, class_names)]
+        return class_prompts(class_names, template, self.descriptions)
 
     def sample_template(self) -> str:
         """The training template of the current optimisation step (same on every rank)."""
@@ -138,8 +137,7 @@ class VideoCLIPMethod(VideoMethod):
         """(K,) class names -> (K, D) prompt-ensembled student text embeddings (cached, see ``__init__``)."""
         key = tuple(class_names)
         if key not in self._eval_text:
-            per_template = torch.stack([self.encode_prompts(self.prompts(key, t)) for t in self.templates])  # (P, K, D)
-            self._eval_text[key] = F.normalize(per_template.mean(dim=0), dim=-1)
+            self._eval_text[key] = self.student.class_embeddings(key, self.templates, self.descriptions)
         return self._eval_text[key]
 
     # -- logits -------------------------------------------------------------------------

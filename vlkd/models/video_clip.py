@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import copy
 import json
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 import torch
@@ -34,6 +34,7 @@ from torch.utils.checkpoint import checkpoint
 from vlkd.data.transforms import eval_transform
 from vlkd.errors import ConfigError, MissingFileError
 from vlkd.teacher.backends import PreprocessConfig
+from vlkd.teacher.prompts import class_prompts
 
 TEMPORAL_MODES = ("neighbour", "none")
 #: The file names of open_clip's folder layout, which :meth:`VideoCLIP.save_pretrained` writes.
@@ -248,6 +249,30 @@ class VideoCLIP(nn.Module):
     def encode_text(self, tokens: torch.Tensor, normalize: bool = False) -> torch.Tensor:
         """(N, L) token ids -> (N, D) text embeddings (unnormalised unless ``normalize``)."""
         return self.model.encode_text(tokens, normalize=normalize)
+
+    def class_embeddings(self, class_names: Sequence[str], templates: Sequence[str],
+                         descriptions: Mapping[str, str] | None = None) -> torch.Tensor:
+        """(K,) class names -> (K, D) prompt-ensembled class embeddings, L2-normalised.
+
+        Every template is filled with each name (and the name's description, if any); the
+        normalised embeddings are averaged over templates and normalised again.
+        """
+        per_template = torch.stack([
+            self.encode_text(self.tokenize(class_prompts(class_names, template, descriptions)), normalize=True)
+            for template in templates
+        ])  # (P, K, D)
+        return F.normalize(per_template.mean(dim=0), dim=-1)
+
+
+def is_exported_student(folder: str | Path) -> bool:
+    """Whether ``folder`` holds a student :meth:`VideoCLIP.save_pretrained` wrote (``vlkd export``)."""
+    config_file = Path(folder) / CONFIG_FILE
+    if not config_file.is_file():
+        return False
+    try:
+        return "vlkd" in json.loads(config_file.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError):
+        return False
 
 
 def _check_open_clip_vit(model: nn.Module, temporal: str) -> None:

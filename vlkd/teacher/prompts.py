@@ -7,7 +7,7 @@ embeddings ("prompt ensembling", Radford et al. 2021, Sec. 3.1.4).
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 
 from vlkd.errors import ConfigError
 
@@ -63,3 +63,10 @@ def resolve_templates(templates: str | Sequence[str] | None) -> tuple[str, ...]:
         if template.count("{}") != 1:
             raise ConfigError(f"template {template!r} must contain exactly one '{{}}' for the class name")
     return resolved
+
+
+def class_prompts(class_names: Sequence[str], template: str, descriptions: Mapping[str, str] | None = None) -> list[str]:
+    """One sentence per class: ``template`` filled with the name, then the class's description if it has one."""
+    descriptions = descriptions or {}
+    return [f"{template.format(name)} {descriptions[name]}" if name in descriptions else template.format(name)
+            for name in class_names]
