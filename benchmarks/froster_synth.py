@@ -3,6 +3,7 @@
     python benchmarks/froster_synth.py            # all rows, ~20 min on 2 CPU cores
     python benchmarks/froster_synth.py --seeds 1  # one seed
     python benchmarks/froster_synth.py --distill-weights 8 32   # FROSTER vs direct at other lambdas, ~20 min
+    python benchmarks/froster_synth.py --init-offsets 100 200 300   # ... from more initial seeds, ~30 min
 
 Rows (same data, same evaluation, same teacher):
   frozen teacher       ZeroShotCLIP, per-frame logits averaged
@@ -22,7 +23,9 @@ table goes to benchmarks/results/froster_synth.{json,md}.
 matter more when the distillation weight lambda is raised, i.e. when distilling
 straight to the teacher starts to cost base accuracy? It runs FROSTER and the
 no-projector ablation at each given lambda (and the config's own), and writes
-benchmarks/results/froster_synth_lambda.{json,md}.
+benchmarks/results/froster_synth_lambda.{json,md}. ``--init-offsets`` runs the same pair from
+more initial states (the split seeds stay s1..s3) and pools the paired differences, in
+benchmarks/results/froster_synth_init.{json,md}.
 """
 
 from __future__ import annotations
@@ -55,24 +58,29 @@ METHODS = {
 }
 
 
-def run_dir(method: str, seed: int, distill_weight: float | None = None) -> Path:
-    """Where a run lives; runs at a non-default lambda get their own ``lambda<w>/`` folder."""
+def run_dir(method: str, seed: int, distill_weight: float | None = None, init_offset: int = 0) -> Path:
+    """Where a run lives: the main table's directly under the method's folder, runs at another
+    lambda or initial seed under ``lambda<w>/``, ``init+<k>/`` or ``lambda<w>_init+<k>/``."""
     name = method.replace(" ", "_").replace("/", "")
-    if distill_weight is None or distill_weight == CONFIG_DISTILL_WEIGHT:
-        return RUNS / name / f"s{seed}"
-    return RUNS / f"lambda{distill_weight:g}" / name / f"s{seed}"
+    variant = []
+    if distill_weight is not None and distill_weight != CONFIG_DISTILL_WEIGHT:
+        variant.append(f"lambda{distill_weight:g}")
+    if init_offset:
+        variant.append(f"init+{init_offset}")
+    return RUNS.joinpath(*(["_".join(variant)] if variant else []), name, f"s{seed}")
 
 
-def run_one(method: str, seed: int, world: str, distill_weight: float | None = None) -> dict:
+def run_one(method: str, seed: int, world: str, distill_weight: float | None = None, init_offset: int = 0) -> dict:
+    """One run on split seed ``seed``, initialised with ``seed + init_offset`` (see :func:`run_dir`)."""
     command, config, extra = METHODS[method]
-    out = run_dir(method, seed, distill_weight)
-    if out != run_dir(method, seed):
+    out = run_dir(method, seed, distill_weight, init_offset)
+    if distill_weight is not None and distill_weight != CONFIG_DISTILL_WEIGHT:
         extra = [*extra, "--model.init_args.distill_weight", str(distill_weight)]
     done = out / "summary.json"
     if done.is_file():
         return json.loads(done.read_text())
     start = time.perf_counter()
-    args = [command, "--config", config, "--seed_everything", str(seed), "--data.init_args.seed", str(seed),
+    args = [command, "--config", config, "--seed_everything", str(seed + init_offset), "--data.init_args.seed", str(seed),
             "--data.init_args.root", world, "--trainer.default_root_dir", str(out),
             "--trainer.enable_progress_bar", "false", *CROSS, *extra]
     if vlkd(args) != 0:
@@ -136,18 +144,27 @@ def with_agreement(method: str, seed: int, world: str) -> dict:
     return summary
 
 
+RESIDUAL_PAIR = ("FROSTER", "FROSTER w/o residual")
+
+
+def residual_pair(seeds: list[int], world: str, distill_weight: float | None = None,
+                  init_offset: int = 0) -> tuple[list[dict], list[dict]]:
+    """FROSTER's and the direct ablation's runs on ``seeds``, each with ``direct_minus_froster``
+    (the HM difference on the same split seed and initial seed)."""
+    froster, direct = ([run_one(m, seed, world, distill_weight, init_offset) for seed in seeds] for m in RESIDUAL_PAIR)
+    for runs in (froster, direct):
+        for run, reference in zip(runs, froster):
+            run["direct_minus_froster"] = run["hm"] - reference["hm"]
+    return froster, direct
+
+
 def distill_weight_sweep(weights: list[float], seeds: list[int], world: str) -> None:
     """FROSTER against direct distillation at several lambdas: the table behind the README's sweep."""
-    pair = ["FROSTER", "FROSTER w/o residual"]
     columns = ["base", "novel", "hm", "direct_minus_froster", "base_temporal", "novel_temporal", "cross_dataset"]
     runs, rows = {}, []
     for weight in sorted({CONFIG_DISTILL_WEIGHT, *weights}):
-        froster, direct = ([run_one(m, seed, world, weight) for seed in seeds] for m in pair)
-        for method, method_runs in zip(pair, (froster, direct)):
-            for run, reference in zip(method_runs, froster):
-                run["direct_minus_froster"] = run["hm"] - reference["hm"]  # paired by seed
-            key = f"{method}, lambda {weight:g}"
-            runs[key] = method_runs
+        for method, method_runs in zip(RESIDUAL_PAIR, residual_pair(seeds, world, weight)):
+            runs[f"{method}, lambda {weight:g}"] = method_runs
             summary = summarize_seeds(method_runs)
             rows.append({"method": method, "lambda": f"{weight:g}", **{c: summary[c] for c in columns}})
     write_results({"seeds": seeds, "runs": runs}, RESULTS, name="froster_synth_lambda")
@@ -160,6 +177,34 @@ def distill_weight_sweep(weights: list[float], seeds: list[int], world: str) -> 
     print(table)
 
 
+def initial_seed_study(offsets: list[int], seeds: list[int], world: str) -> None:
+    """FROSTER against direct distillation from more initial states (seed_everything = split seed + offset),
+    pooled: is the HM difference between them distinguishable from zero?"""
+    rows, differences, runs = [], [], {}
+    for offset in sorted({0, *offsets}):
+        froster, direct = residual_pair(seeds, world, init_offset=offset)
+        runs[f"init+{offset}"] = {"FROSTER": froster, "FROSTER w/o residual": direct}
+        paired = [run["direct_minus_froster"] for run in direct]
+        differences += paired
+        rows.append({"initial seeds": ", ".join(str(seed + offset) for seed in seeds),
+                     "FROSTER HM": summarize_seeds(froster)["hm"], "direct HM": summarize_seeds(direct)["hm"],
+                     "direct − FROSTER, per split seed": ", ".join(f"{d:+.2f}" for d in paired)})
+    pooled = torch.tensor(differences, dtype=torch.float64)
+    mean, std = pooled.mean().item(), pooled.std().item()
+    stderr = std / len(differences) ** 0.5
+    pooled_row = {"runs": len(differences), "mean": mean, "std": std, "standard_error": stderr,
+                  "mean_over_standard_error": mean / stderr}
+    write_results({"seeds": seeds, "offsets": sorted({0, *offsets}), "runs": runs, "pooled": pooled_row},
+                  RESULTS, name="froster_synth_init")
+    table = markdown_table(rows) + "\n" + markdown_table([pooled_row])
+    header = (f"# FROSTER vs distillation without the residual projector, from several initial seeds "
+              f"(flat world, split seeds {seeds}, lambda {CONFIG_DISTILL_WEIGHT:g}; HM %)\n\n"
+              "Each run pairs with FROSTER's on the same split seed and initial seed; the last table pools "
+              "every paired difference (direct − FROSTER).\n\n")
+    (RESULTS / "froster_synth_init.md").write_text(header + table)
+    print(table)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--seeds", type=int, nargs="+", default=[1, 2, 3])
@@ -167,9 +212,15 @@ def main() -> None:
     parser.add_argument("--methods", nargs="+", default=list(METHODS), choices=list(METHODS))
     parser.add_argument("--distill-weights", type=float, nargs="+", metavar="LAMBDA",
                         help="instead of the main table: FROSTER vs direct distillation at these lambdas")
+    parser.add_argument("--init-offsets", type=int, nargs="+", metavar="K",
+                        help="instead of the main table: FROSTER vs direct distillation, also initialised with "
+                             "seed_everything = split seed + K")
     args = parser.parse_args()
     if args.distill_weights:
         distill_weight_sweep(args.distill_weights, args.seeds, args.world)
+        return
+    if args.init_offsets:
+        initial_seed_study(args.init_offsets, args.seeds, args.world)
         return
     per_method = {m: [with_agreement(m, seed, args.world) for seed in args.seeds] for m in args.methods}
     columns = ["base", "novel", "hm", "base_static", "base_temporal", "novel_static", "novel_temporal",
