@@ -210,14 +210,17 @@ def test_a_froster_checkpoint_scores_with_its_student(teacher, samples, froster_
 def test_an_exported_student_scores_as_its_checkpoint_does(samples, tmp_path):
     from vlkd.commands.demo import build_parser, load_models
 
-    checkpoint = _save_froster(tmp_path / "averaged.ckpt", class_descriptions=None)
+    descriptions = tmp_path / "descriptions.json"  # recorded in the export, and used by it
+    descriptions.write_text(json.dumps({"red star in water": "A red five-pointed star floats on blue water."}))
+    checkpoint = _save_froster(tmp_path / "averaged.ckpt", class_descriptions=str(descriptions))
     from_checkpoint = load_student_scorer(checkpoint)
     with torch.no_grad():  # a student that is no longer the teacher
         from_checkpoint.method.student.model.visual.proj.mul_(-1)
     save_checkpoint(from_checkpoint.method, checkpoint)
     assert main(["export", str(checkpoint), "--out", str(tmp_path / "student")]) == 0
+    descriptions.unlink()  # the export carries them: the file is not needed any more
     exported = load_student_scorer(tmp_path / "student")
-    assert exported.label == "FROSTER student: student"
+    assert exported.label == "FROSTER student: student" and "red star in water" in exported.descriptions
     path, sample = samples["three_scenes.mp4"]
     by_export, by_checkpoint = score_video(path, sample.queries, exported), score_video(path, sample.queries, from_checkpoint)
     torch.testing.assert_close(by_export.frame_similarity, by_checkpoint.frame_similarity, rtol=0, atol=0)
