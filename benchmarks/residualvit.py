@@ -53,6 +53,8 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
+from vlkd.eval.cost import count_flops, peak_memory
+
 HERE = Path(__file__).parent
 REPO = HERE.parent
 RESULTS = HERE / "results"
@@ -64,43 +66,6 @@ TARGET = (4, 0.85)
 
 
 # --------------------------------------------------------------------------- cost
-
-
-def _sdpa_flops(query_shape, key_shape, value_shape, *args, out_shape=None, **kwargs) -> int:
-    from torch.utils.flop_counter import sdpa_flop_count
-
-    return sdpa_flop_count(query_shape, key_shape, value_shape)
-
-
-def count_flops(fn) -> int:
-    """FLOPs of ``fn()`` (module docstring: the fused attention fast path is off while counting)."""
-    from torch.utils.flop_counter import FlopCounterMode
-
-    mapping = {torch.ops.aten._scaled_dot_product_flash_attention_for_cpu.default: _sdpa_flops}
-    enabled = torch.backends.mha.get_fastpath_enabled()
-    torch.backends.mha.set_fastpath_enabled(False)
-    try:
-        counter = FlopCounterMode(display=False, custom_mapping=mapping)
-        with counter:
-            fn()
-    finally:
-        torch.backends.mha.set_fastpath_enabled(enabled)
-    return int(counter.get_total_flops())
-
-
-def peak_memory(fn) -> int:
-    """Peak bytes of tensor memory allocated during ``fn()`` (torch.profiler memory events)."""
-    from torch.profiler import ProfilerActivity, profile
-
-    with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
-        fn()
-    events = [e for e in prof.profiler.kineto_results.events() if e.name() == "[memory]"]
-    events.sort(key=lambda e: e.start_ns())
-    current = peak = 0
-    for event in events:
-        current += event.nbytes()
-        peak = max(peak, current)
-    return peak
 
 
 def moving_frames(frames: int, size: int, seed: int = 0) -> torch.Tensor:
