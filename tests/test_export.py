@@ -108,5 +108,7 @@ def test_export_refuses_to_overwrite_and_names_bad_input(exported, tmp_path, cap
     assert main(["export", str(tmp_path / "notes.ckpt"), "--out", str(tmp_path / "out")]) == 2
     assert "notes.ckpt is not a PyTorch checkpoint" in capsys.readouterr().err
     assert not (tmp_path / "out").exists()
+    assert main(["export", str(checkpoint), "--out", str(tmp_path / "notes.ckpt")]) == 2
+    assert "is a file: the export is a folder" in capsys.readouterr().err
     with pytest.raises(MissingFileError, match="exported student config not found"):
         VideoCLIP.from_pretrained(tmp_path)

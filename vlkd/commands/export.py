@@ -37,6 +37,8 @@ def export_student(checkpoint: str | Path, out: str | Path, overwrite: bool = Fa
     from vlkd.teacher.factory import open_clip_model_config
 
     out = Path(out).expanduser()
+    if out.exists() and not out.is_dir():
+        raise ConfigError(f"--out {out} is a file: the export is a folder, pass a folder path")
     if not overwrite and any((out / name).exists() for name in (WEIGHTS_FILE, CONFIG_FILE)):
         raise ConfigError(f"{out} already holds an exported model: pass --overwrite to replace it, or another --out")
     checkpoint = Path(checkpoint).expanduser()
