@@ -101,46 +101,88 @@ def run_one(method: str, seed: int, world: str, distill_weight: float | None = N
     return summary
 
 
+def novel_evaluation(world: str):
+    """The novel half of ``world``'s evaluation videos, as the shipped config loads them:
+    (a loader of batches, the novel class names)."""
+    from vlkd.data import SynthActionsDataModule
+
+    config = yaml.safe_load((HERE.parent / "configs" / "froster_synth.yaml").read_text())
+    data = SynthActionsDataModule(**{**config["data"]["init_args"], "root": world, "num_workers": 0})
+    data.setup("test")
+    index = [eval_set.group for eval_set in data.eval_sets].index("novel")
+    return data.test_dataloader()[index], data.eval_sets[index].class_names
+
+
+def novel_videos(loader):
+    """(B * views, T, C, H, W) clips of every batch of ``loader``."""
+    for batch in loader:
+        yield batch["video"].flatten(0, 1)
+
+
 @torch.inference_mode()
-def teacher_agreement(method: str, seed: int, world: str) -> dict[str, float]:
-    """How far training moved a run's student from the frozen teacher, on the novel half.
+def teacher_agreement(run: Path, world: str) -> dict[str, float]:
+    """How far training moved a run's student (``averaged.ckpt``) from the frozen teacher, on the novel half.
 
     ``novel_frame_cos``: mean cosine between the student's and the teacher's embeddings of
     the same frames of every novel evaluation video; ``novel_text_cos``: the same for the
     prompt-ensembled novel class embeddings. The teacher itself scores 1.
     """
-    from vlkd.data import SynthActionsDataModule
-    from vlkd.demo.handler import load_student_scorer
+    from vlkd.methods.checkpoints import load_video_method
 
-    if METHODS[method][0] != "fit":
-        return {"novel_frame_cos": 1.0, "novel_text_cos": 1.0}
-    (checkpoint,) = run_dir(method, seed).rglob("averaged.ckpt")
-    student = load_student_scorer(checkpoint).method
-    config = yaml.safe_load((HERE.parent / "configs" / "froster_synth.yaml").read_text())
-    teacher = getattr(student, "teacher", None)
-    if teacher is None:  # FineTuneCLIP keeps no teacher: rebuild the one it started from
-        from vlkd.teacher import TeacherSpec
-
-        teacher = TeacherSpec(**config["model"]["init_args"]["teacher"]).build()
-    data = SynthActionsDataModule(**{**config["data"]["init_args"], "root": world, "num_workers": 0})
-    data.setup("test")
-    index = [eval_set.group for eval_set in data.eval_sets].index("novel")
-    frame_cos = []
-    for batch in data.test_dataloader()[index]:
-        video = batch["video"].flatten(0, 1)  # (B * views, T, C, H, W)
-        frame_cos.append(F.cosine_similarity(student.student.encode_video(video, normalize=True),
-                                             teacher.encode_frames(video), dim=-1).flatten())
-    names = data.eval_sets[index].class_names
-    text_cos = F.cosine_similarity(student.class_embeddings(names), teacher.encode_text(names, student.templates), dim=-1)
+    (checkpoint,) = run.rglob("averaged.ckpt")
+    method = load_video_method(checkpoint)
+    teacher = getattr(method, "teacher", None) or method.initial_weights.build()  # FineTuneCLIP keeps none
+    loader, names = novel_evaluation(world)
+    frame_cos = [F.cosine_similarity(method.student.encode_video(video, normalize=True), teacher.encode_frames(video),
+                                     dim=-1).flatten() for video in novel_videos(loader)]
+    text_cos = F.cosine_similarity(method.class_embeddings(names), teacher.encode_text(names, method.templates), dim=-1)
     return {"novel_frame_cos": torch.cat(frame_cos).mean().item(), "novel_text_cos": text_cos.mean().item()}
 
 
-def with_agreement(method: str, seed: int, world: str) -> dict:
-    """The run's summary with :func:`teacher_agreement` added (computed once, stored with it)."""
-    summary = run_one(method, seed, world)
+@torch.inference_mode()
+def projector_diagnostics(run: Path, world: str) -> dict[str, float]:
+    """What the visual residual projector does at the end of training (``last.ckpt``: the student
+    and the projector it was trained with), on the novel evaluation frames.
+
+    ``projector_shift``: mean distance ``|P(f) - f|`` of the unit-length student frame embeddings;
+    ``projector_share``: the fraction of the visual distillation loss (``1 - cos`` to the teacher)
+    that the projector removes. Empty for runs without a visual projector.
+    """
+    from vlkd.methods.checkpoints import load_video_method
+
+    (checkpoint,) = run.rglob("last.ckpt")
+    method = load_video_method(checkpoint)
+    projector = getattr(method, "visual_projector", None)
+    if projector is None:
+        return {}
+    loader, _ = novel_evaluation(world)
+    shift, loss, projected_loss = [], [], []
+    for video in novel_videos(loader):
+        student, teacher = method.student.encode_video(video, normalize=True), method.teacher.encode_frames(video)
+        moved = projector(student)
+        shift.append((moved - student).norm(dim=-1).flatten())
+        loss.append((1 - F.cosine_similarity(student, teacher, dim=-1)).flatten())
+        projected_loss.append((1 - F.cosine_similarity(moved, teacher, dim=-1)).flatten())
+    loss, projected_loss = torch.cat(loss).mean().item(), torch.cat(projected_loss).mean().item()
+    return {"projector_shift": torch.cat(shift).mean().item(), "projector_share": 1 - projected_loss / loss}
+
+
+def with_diagnostics(method: str, seed: int, world: str, distill_weight: float | None = None,
+                     init_offset: int = 0) -> dict:
+    """The run's summary with :func:`teacher_agreement` and, where the run has a visual projector,
+    :func:`projector_diagnostics` added (computed once, stored with it)."""
+    summary = run_one(method, seed, world, distill_weight, init_offset)
+    run = run_dir(method, seed, distill_weight, init_offset)
+    changed = False
     if "novel_frame_cos" not in summary:
-        summary.update(teacher_agreement(method, seed, world))
-        (run_dir(method, seed) / "summary.json").write_text(json.dumps(summary, indent=2))
+        summary.update(teacher_agreement(run, world) if METHODS[method][0] == "fit"
+                       else {"novel_frame_cos": 1.0, "novel_text_cos": 1.0})
+        changed = True
+    if "projector_share" not in summary and METHODS[method][0] == "fit":
+        summary.update(projector_diagnostics(run, world) or {"projector_shift": None, "projector_share": None})
+        changed = True
+    if changed:
+        (run / "summary.json").write_text(json.dumps(summary, indent=2))
     return summary
 
 
@@ -151,7 +193,8 @@ def residual_pair(seeds: list[int], world: str, distill_weight: float | None = N
                   init_offset: int = 0) -> tuple[list[dict], list[dict]]:
     """FROSTER's and the direct ablation's runs on ``seeds``, each with ``direct_minus_froster``
     (the HM difference on the same split seed and initial seed)."""
-    froster, direct = ([run_one(m, seed, world, distill_weight, init_offset) for seed in seeds] for m in RESIDUAL_PAIR)
+    froster, direct = ([with_diagnostics(m, seed, world, distill_weight, init_offset) for seed in seeds]
+                       for m in RESIDUAL_PAIR)
     for runs in (froster, direct):
         for run, reference in zip(runs, froster):
             run["direct_minus_froster"] = run["hm"] - reference["hm"]
@@ -160,19 +203,25 @@ def residual_pair(seeds: list[int], world: str, distill_weight: float | None = N
 
 def distill_weight_sweep(weights: list[float], seeds: list[int], world: str) -> None:
     """FROSTER against direct distillation at several lambdas: the table behind the README's sweep."""
-    columns = ["base", "novel", "hm", "direct_minus_froster", "base_temporal", "novel_temporal", "cross_dataset"]
+    columns = ["base", "novel", "hm", "direct_minus_froster", "base_temporal", "novel_temporal", "cross_dataset",
+               "projector_share"]
     runs, rows = {}, []
     for weight in sorted({CONFIG_DISTILL_WEIGHT, *weights}):
         for method, method_runs in zip(RESIDUAL_PAIR, residual_pair(seeds, world, weight)):
             runs[f"{method}, lambda {weight:g}"] = method_runs
             summary = summarize_seeds(method_runs)
-            rows.append({"method": method, "lambda": f"{weight:g}", **{c: summary[c] for c in columns}})
+            rows.append({"method": method, "lambda": f"{weight:g}", **{c: summary[c] for c in columns if c in summary}})
+    for row in rows:
+        if "projector_share" in row:
+            row["projector_share"] = f"{row['projector_share'].mean:.3f} ± {row['projector_share'].std:.3f}"
     write_results({"seeds": seeds, "runs": runs}, RESULTS, name="froster_synth_lambda")
     table = markdown_table(rows, ["method", "lambda", *columns])
     header = (f"# FROSTER vs distillation without the residual projector, by lambda (flat world, seeds {seeds}, "
               "mean ± std; top-1 %)\n\n"
               "lambda: the distillation weight in L = CE + lambda * (L_v + L_t).\n"
-              "direct_minus_froster: the HM of the row minus FROSTER's at the same lambda and seed.\n\n")
+              "direct_minus_froster: the HM of the row minus FROSTER's at the same lambda and seed.\n"
+              "projector_share: the fraction of the visual distillation loss the residual projector removes "
+              "(last-epoch weights, novel evaluation frames).\n\n")
     (RESULTS / "froster_synth_lambda.md").write_text(header + table)
     print(table)
 
@@ -222,9 +271,9 @@ def main() -> None:
     if args.init_offsets:
         initial_seed_study(args.init_offsets, args.seeds, args.world)
         return
-    per_method = {m: [with_agreement(m, seed, args.world) for seed in args.seeds] for m in args.methods}
+    per_method = {m: [with_diagnostics(m, seed, args.world) for seed in args.seeds] for m in args.methods}
     columns = ["base", "novel", "hm", "base_static", "base_temporal", "novel_static", "novel_temporal",
-               "cross_dataset", "novel_frame_cos", "novel_text_cos", "minutes"]
+               "cross_dataset", "novel_frame_cos", "novel_text_cos", "projector_shift", "projector_share", "minutes"]
     if "FROSTER" in per_method:
         # Paired by seed: each seed's runs share a few-shot list and an initial state, so the
         # per-seed difference cancels what the seed does to every method alike.
@@ -233,10 +282,11 @@ def main() -> None:
                 run["hm_minus_froster"] = run["hm"] - froster["hm"]
         columns.insert(3, "hm_minus_froster")
     summary = {m: summarize_seeds(runs) for m, runs in per_method.items()}
-    rows = [{"method": m, **{c: summary[m][c] for c in columns}} for m in args.methods]
-    for row in rows:  # cosines near 1 need a third decimal
-        for column in ("novel_frame_cos", "novel_text_cos"):
-            row[column] = f"{row[column].mean:.3f} ± {row[column].std:.3f}"
+    rows = [{"method": m, **{c: summary[m][c] for c in columns if c in summary[m]}} for m in args.methods]
+    for row in rows:  # cosines near 1 and the projector's small figures need a third decimal
+        for column in ("novel_frame_cos", "novel_text_cos", "projector_shift", "projector_share"):
+            if column in row:
+                row[column] = f"{row[column].mean:.3f} ± {row[column].std:.3f}"
     write_results({"seeds": args.seeds, "runs": per_method, "mean_std": summary}, RESULTS, name="froster_synth")
     table = markdown_table(rows, ["method", *columns])
     header = (f"# FROSTER on SynthActions (flat world, seeds {args.seeds}, mean ± std; top-1 %)\n\n"
@@ -245,7 +295,10 @@ def main() -> None:
               "cross_dataset: zero-shot top-1 on the textured world's 48 classes (12 not in the flat world).\n"
               "hm_minus_froster: the row's HM minus FROSTER's on the same seed, mean ± std over seeds.\n"
               "novel_frame_cos / novel_text_cos: mean cosine of the student's embeddings of the novel "
-              "evaluation frames / novel class prompts to the frozen teacher's (1 = unchanged).\n\n")
+              "evaluation frames / novel class prompts to the frozen teacher's (1 = unchanged).\n"
+              "projector_shift / projector_share: how far the visual residual projector moves the unit-length "
+              "frame embeddings, and the fraction of the visual distillation loss it removes (last-epoch weights, "
+              "novel evaluation frames; rows with a projector only).\n\n")
     (RESULTS / "froster_synth.md").write_text(header + table)
     print(table)
 
