@@ -13,9 +13,11 @@ Rows (same data, same evaluation, same teacher):
   FROSTER w/o text     visual distillation only
 
 Every run also evaluates zero-shot on the "textured" world (partly new classes):
-the cross-dataset column. Two more columns explain the rows: each run's HM minus
-FROSTER's on the same seed, and how close the student's novel frame and class
-embeddings stay to the teacher's (mean cosine). Each run is `vlkd fit` / `vlkd test` with a shipped
+the cross-dataset column. More columns explain the rows: each run's HM minus
+FROSTER's on the same seed, how close the student's novel frame and class
+embeddings stay to the teacher's (mean cosine), and, for runs with a residual
+projector, how far it moves the frame embeddings and how much of the visual
+distillation loss it removes. Each run is `vlkd fit` / `vlkd test` with a shipped
 config; finished runs are reused (delete benchmarks/runs/ to redo them). The
 table goes to benchmarks/results/froster_synth.{json,md}.
 
