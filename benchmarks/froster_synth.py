@@ -48,8 +48,9 @@ HERE = Path(__file__).parent
 RESULTS = HERE / "results"
 RUNS = HERE / "runs" / "froster_synth"
 CROSS = ["--data.init_args.zero_shot_styles", "[textured]"]
-CONFIG_DISTILL_WEIGHT = yaml.safe_load((HERE.parent / "configs" / "froster_synth.yaml").read_text())[
-    "model"]["init_args"]["distill_weight"]
+#: The shipped FROSTER config: its lambda is the main table's, its data settings the diagnostics'.
+FROSTER_CONFIG = yaml.safe_load((HERE.parent / "configs" / "froster_synth.yaml").read_text())
+CONFIG_DISTILL_WEIGHT = FROSTER_CONFIG["model"]["init_args"]["distill_weight"]
 
 METHODS = {
     "frozen teacher": ("test", "configs/zeroshot_synth.yaml", []),
@@ -60,12 +61,17 @@ METHODS = {
 }
 
 
+def other_weight(distill_weight: float | None) -> bool:
+    """Whether ``distill_weight`` asks for a lambda other than the shipped config's."""
+    return distill_weight is not None and distill_weight != CONFIG_DISTILL_WEIGHT
+
+
 def run_dir(method: str, seed: int, distill_weight: float | None = None, init_offset: int = 0) -> Path:
     """Where a run lives: the main table's directly under the method's folder, runs at another
     lambda or initial seed under ``lambda<w>/``, ``init+<k>/`` or ``lambda<w>_init+<k>/``."""
     name = method.replace(" ", "_").replace("/", "")
     variant = []
-    if distill_weight is not None and distill_weight != CONFIG_DISTILL_WEIGHT:
+    if other_weight(distill_weight):
         variant.append(f"lambda{distill_weight:g}")
     if init_offset:
         variant.append(f"init+{init_offset}")
@@ -76,7 +82,7 @@ def run_one(method: str, seed: int, world: str, distill_weight: float | None = N
     """One run on split seed ``seed``, initialised with ``seed + init_offset`` (see :func:`run_dir`)."""
     command, config, extra = METHODS[method]
     out = run_dir(method, seed, distill_weight, init_offset)
-    if distill_weight is not None and distill_weight != CONFIG_DISTILL_WEIGHT:
+    if other_weight(distill_weight):
         extra = [*extra, "--model.init_args.distill_weight", str(distill_weight)]
     done = out / "summary.json"
     if done.is_file():
@@ -108,8 +114,7 @@ def novel_evaluation(world: str):
     (a loader of batches, the novel class names)."""
     from vlkd.data import SynthActionsDataModule
 
-    config = yaml.safe_load((HERE.parent / "configs" / "froster_synth.yaml").read_text())
-    data = SynthActionsDataModule(**{**config["data"]["init_args"], "root": world, "num_workers": 0})
+    data = SynthActionsDataModule(**{**FROSTER_CONFIG["data"]["init_args"], "root": world, "num_workers": 0})
     data.setup("test")
     index = [eval_set.group for eval_set in data.eval_sets].index("novel")
     return data.test_dataloader()[index], data.eval_sets[index].class_names
@@ -133,7 +138,9 @@ def teacher_agreement(run: Path, world: str) -> dict[str, float]:
 
     (checkpoint,) = run.rglob("averaged.ckpt")
     method = load_video_method(checkpoint)
-    teacher = getattr(method, "teacher", None) or method.initial_weights.build()  # FineTuneCLIP keeps none
+    teacher = getattr(method, "teacher", None)
+    if teacher is None:  # FineTuneCLIP keeps none: rebuild the one it started from
+        teacher = method.initial_weights.build()
     loader, names = novel_evaluation(world)
     frame_cos = [F.cosine_similarity(method.student.encode_video(video, normalize=True), teacher.encode_frames(video),
                                      dim=-1).flatten() for video in novel_videos(loader)]
@@ -191,6 +198,25 @@ def with_diagnostics(method: str, seed: int, world: str, distill_weight: float |
 RESIDUAL_PAIR = ("FROSTER", "FROSTER w/o residual")
 
 
+def add_paired_difference(runs: list[dict], reference: list[dict], key: str) -> None:
+    """Store each run's HM minus the reference run's on the same seed under ``key``.
+
+    Paired by seed: both runs share a few-shot list and an initial state, so the
+    difference cancels what the seed does to every method alike.
+    """
+    for run, other in zip(runs, reference, strict=True):
+        run[key] = run["hm"] - other["hm"]
+
+
+def three_decimals(rows: list[dict], columns: tuple[str, ...]) -> None:
+    """Format ``columns`` of ``rows`` (mean ± std pairs) with three decimals: cosines near 1
+    and the projector's small figures need them."""
+    for row in rows:
+        for column in columns:
+            if column in row:
+                row[column] = f"{row[column].mean:.3f} ± {row[column].std:.3f}"
+
+
 def residual_pair(seeds: list[int], world: str, distill_weight: float | None = None,
                   init_offset: int = 0) -> tuple[list[dict], list[dict]]:
     """FROSTER's and the direct ablation's runs on ``seeds``, each with ``direct_minus_froster``
@@ -198,8 +224,7 @@ def residual_pair(seeds: list[int], world: str, distill_weight: float | None = N
     froster, direct = ([with_diagnostics(m, seed, world, distill_weight, init_offset) for seed in seeds]
                        for m in RESIDUAL_PAIR)
     for runs in (froster, direct):
-        for run, reference in zip(runs, froster):
-            run["direct_minus_froster"] = run["hm"] - reference["hm"]
+        add_paired_difference(runs, froster, "direct_minus_froster")
     return froster, direct
 
 
@@ -213,9 +238,7 @@ def distill_weight_sweep(weights: list[float], seeds: list[int], world: str) -> 
             runs[f"{method}, lambda {weight:g}"] = method_runs
             summary = summarize_seeds(method_runs)
             rows.append({"method": method, "lambda": f"{weight:g}", **{c: summary[c] for c in columns if c in summary}})
-    for row in rows:
-        if "projector_share" in row:
-            row["projector_share"] = f"{row['projector_share'].mean:.3f} ± {row['projector_share'].std:.3f}"
+    three_decimals(rows, ("projector_share",))
     write_results({"seeds": seeds, "runs": runs}, RESULTS, name="froster_synth_lambda")
     table = markdown_table(rows, ["method", "lambda", *columns])
     header = (f"# FROSTER vs distillation without the residual projector, by lambda (flat world, seeds {seeds}, "
@@ -277,18 +300,12 @@ def main() -> None:
     columns = ["base", "novel", "hm", "base_static", "base_temporal", "novel_static", "novel_temporal",
                "cross_dataset", "novel_frame_cos", "novel_text_cos", "projector_shift", "projector_share", "minutes"]
     if "FROSTER" in per_method:
-        # Paired by seed: each seed's runs share a few-shot list and an initial state, so the
-        # per-seed difference cancels what the seed does to every method alike.
         for runs in per_method.values():
-            for run, froster in zip(runs, per_method["FROSTER"]):
-                run["hm_minus_froster"] = run["hm"] - froster["hm"]
+            add_paired_difference(runs, per_method["FROSTER"], "hm_minus_froster")
         columns.insert(3, "hm_minus_froster")
     summary = {m: summarize_seeds(runs) for m, runs in per_method.items()}
     rows = [{"method": m, **{c: summary[m][c] for c in columns if c in summary[m]}} for m in args.methods]
-    for row in rows:  # cosines near 1 and the projector's small figures need a third decimal
-        for column in ("novel_frame_cos", "novel_text_cos", "projector_shift", "projector_share"):
-            if column in row:
-                row[column] = f"{row[column].mean:.3f} ± {row[column].std:.3f}"
+    three_decimals(rows, ("novel_frame_cos", "novel_text_cos", "projector_shift", "projector_share"))
     write_results({"seeds": args.seeds, "runs": per_method, "mean_std": summary}, RESULTS, name="froster_synth")
     table = markdown_table(rows, ["method", *columns])
     header = (f"# FROSTER on SynthActions (flat world, seeds {args.seeds}, mean ± std; top-1 %)\n\n"

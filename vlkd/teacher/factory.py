@@ -134,14 +134,14 @@ def _load_open_clip(name: str, pretrained: str | None, cache_dir: str | None, of
             if not candidate.is_file():
                 raise MissingFileError(candidate, "teacher checkpoint", "check the path given as pretrained")
             checkpoint = str(candidate)
-            # OpenAI's own files (ViT-B-16.pt from their URL) are TorchScript archives of
-            # models trained with QuickGELU; open_clip's plain architecture names use GELU.
-            quick_gelu = is_torchscript_archive(candidate)
         else:
             checkpoint, quick_gelu = _find_pretrained(name, pretrained, cache_dir, offline)
+    # OpenAI's own files (ViT-B-16.pt from their URL) are TorchScript archives of models
+    # trained with QuickGELU; open_clip's plain architecture names use GELU.
+    torchscript = checkpoint is not None and is_torchscript_archive(checkpoint)
     with _no_random_init_warning(enabled=checkpoint is not None):
-        model = open_clip.create_model(name, pretrained=None, force_quick_gelu=quick_gelu)
-    if checkpoint is not None and is_torchscript_archive(checkpoint):
+        model = open_clip.create_model(name, pretrained=None, force_quick_gelu=quick_gelu or torchscript)
+    if torchscript:
         _load_torchscript_weights(model, checkpoint)
     elif checkpoint is not None:
         # open_clip's loader reads safetensors, or torch.load with weights_only=True.
