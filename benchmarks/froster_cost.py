@@ -20,7 +20,9 @@ Columns: seconds per step (median of ``--repeats`` round-robin repetitions after
 warm-up step), GFLOPs per step (``vlkd.eval.cost.count_flops``: forward, backward
 and attention included) and the peak tensor memory the step allocates
 (``vlkd.eval.cost.peak_memory``: weights and optimiser state, allocated before,
-are not counted), each also as a ratio to fine-tuning. Writes
+are not counted), each also as a ratio to fine-tuning. Then where the FLOPs go: the
+teacher's forward pass on the clip, the neighbour-frame attention, and the student's text
+tower over the class prompts (forward and backward). Writes
 ``benchmarks/results/froster_cost.{json,md}``.
 """
 
@@ -86,7 +88,8 @@ def main() -> None:
     video = torch.rand(args.clips, FRAMES, 3, SIZE, SIZE, generator=generator)
     labels = torch.randint(args.classes, (args.clips,), generator=generator)
     class_names = [f"action number {i}" for i in range(args.classes)]
-    steps = {name: step_fn(method, video, labels, class_names) for name, method in build_methods().items()}
+    built = build_methods()
+    steps = {name: step_fn(method, video, labels, class_names) for name, method in built.items()}
 
     rows = {}
     for name, step in tqdm(steps.items(), desc="FLOPs and memory"):
@@ -97,6 +100,19 @@ def main() -> None:
             start = time.perf_counter()
             step()
             rows[name]["times"].append(time.perf_counter() - start)
+
+    # Where a step's FLOPs go: the parts FROSTER adds and the part both methods share.
+    froster, fine_tuning = built["FROSTER"], built["fine-tuning"]
+    with torch.no_grad():
+        teacher_frames = count_flops(lambda: froster.teacher.encode_frames(video))
+    prompts = fine_tuning.prompts(class_names, fine_tuning.sample_template())
+    text_tower = count_flops(lambda: fine_tuning.encode_prompts(prompts).sum().backward())
+    fine_tuning.zero_grad(set_to_none=True)
+    components = {
+        "teacher_frames_gflops": teacher_frames / 1e9,
+        "neighbour_attention_gflops": (rows["FROSTER"]["flops"] - rows["FROSTER, independent frames"]["flops"]) / 1e9,
+        "student_text_tower_gflops": text_tower / 1e9,
+    }
 
     base = rows["fine-tuning"]
     base_seconds = statistics.median(base["times"])
@@ -119,6 +135,7 @@ def main() -> None:
         "setup": setup,
         "repeats": args.repeats,
         "rows": table,
+        "components": components,
     }
     write_results(results, RESULTS, name="froster_cost")
     markdown = markdown_table(table)
@@ -126,8 +143,13 @@ def main() -> None:
         f"# The cost of one training step: FROSTER against fine-tuning\n\n{setup}; {results['machine']}. "
         "Seconds: median of the repeats; GFLOPs: forward, backward and attention; memory: peak tensor memory "
         "the step allocates (weights and optimiser state not counted).\n\n" + markdown
+        + "\nWhere the FLOPs go (GFLOPs a step): the frozen teacher on the clip's frames "
+        f"{components['teacher_frames_gflops']:.0f}, the neighbour-frame attention "
+        f"{components['neighbour_attention_gflops']:.0f} (FROSTER minus FROSTER with independent frames), "
+        f"the student's text tower over the {args.classes} class prompts, forward and backward, "
+        f"{components['student_text_tower_gflops']:.0f} (both methods).\n"
     )
-    print(markdown)
+    print(markdown, components)
 
 
 if __name__ == "__main__":
