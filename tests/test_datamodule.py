@@ -119,6 +119,33 @@ def test_no_flip_keeps_left_right_order_flip_sometimes_mirrors():
     assert not all(left_to_right(train_transform(video, 16, random.Random(s), flip=True)) for s in range(30))
 
 
+def test_scale_jitter_crops_keep_most_of_the_short_side():
+    """Short side to 16..18 px, then a 16 px crop: a 24 x 32 frame keeps 2/3 to 3/4 of its width."""
+    import random
+
+    from vlkd.data.transforms import scale_jitter_crop, train_transform
+
+    video = torch.linspace(0, 1, 32).expand(2, 3, 24, 32).clone()  # value = horizontal position
+    spans = []
+    for seed in range(40):
+        out = train_transform(video, 16, random.Random(seed), flip=False, scale_jitter=(16, 18))
+        assert out.shape == (2, 3, 16, 16)
+        assert torch.equal(out[0], out[1])  # one crop for every frame of the clip
+        spans.append(float(out[..., -1].mean() - out[..., 0].mean()))
+    # Each pixel holds about 1/31 of the ramp; 15 pixel steps across the crop at scale s cover 15 * 32 / (31 * s * 4/3).
+    assert min(spans) > 15 * 24 / (31 * 18) - 0.03 and max(spans) < 15 * 24 / (31 * 16) + 0.03
+    assert max(spans) - min(spans) > 0.05  # the scale does vary
+    with pytest.raises(ValueError, match="crop size"):
+        scale_jitter_crop(video, 16, random.Random(0), (12, 18))
+
+
+def test_scale_jitter_below_the_crop_size_is_a_config_error(colour_world):
+    from vlkd.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="scale_jitter .* at least image_size"):
+        _datamodule(colour_world, image_size=32, scale_jitter=[24, 36])
+
+
 def test_missing_root_is_a_clear_error(tmp_path):
     dm = VideoDataModule(str(tmp_path / "absent"), base2novel=Base2NovelSpec("k400"))
     with pytest.raises(MissingFileError, match="video root folder"):
@@ -176,3 +203,43 @@ def test_synthactions_eval_sets_score_static_and_temporal_classes_apart(tmp_path
             assert sorted(indices) == [i for i, name in enumerate(eval_set.class_names) if groups[name] == group]
     # A plain video folder has no groups.
     assert VideoDataModule.class_subsets(module, tmp_path, ["a"]) == {}
+
+
+def test_zero_shot_splits_are_scored_apart_and_summarised(colour_world, tmp_path, capsys):
+    """`split: [1, 2, 3]` makes three evaluation sets, and results.json reports the mean ± std of their top-1."""
+    from vlkd.data.annotations import write_class_names, write_video_list
+    from vlkd.data.splits import ZeroShotLayout
+
+    layout = ZeroShotLayout.generic("colours")
+    split_dir = tmp_path / "zero_shot_lists"
+    names = BASE + NOVEL
+    for split in (1, 2, 3):  # split k scores the clips of the first k + 2 colours: three different video sets
+        samples = [VideoSample(f"videos/{name}_{k}.mp4", label)
+                   for label, name in enumerate(names[: split + 2]) for k in range(3)]
+        write_class_names(names, split_dir / "labels" / layout.labels.format(split=split))
+        write_video_list(samples, split_dir / "zero_shot" / layout.samples.format(split=split))
+    config = yaml.safe_load(_write_config(colour_world, tmp_path).read_text())
+    data = config["data"]["init_args"]
+    del data["base2novel"]
+    data["zero_shot"] = [{"dataset": "colours", "root": str(colour_world), "split": [1, 2, 3],
+                          "split_dir": str(split_dir)}]
+    path = tmp_path / "zero_shot_splits.yaml"
+    path.write_text(yaml.safe_dump(config))
+    assert main(["test", "--config", str(path)]) == 0
+    (results_file,) = (tmp_path / "runs").rglob("results.json")
+    results = json.loads(results_file.read_text())
+    per_split = [results["metrics"][f"colours_s{split}_top1"] for split in (1, 2, 3)]
+    assert [results["metrics"][f"colours_s{split}_videos"] for split in (1, 2, 3)] == [9, 12, 15]
+    assert len(set(per_split)) > 1  # otherwise the std below would be 0 whatever was computed
+    assert results["colours"]["mean"] == pytest.approx(np.mean(per_split), abs=1e-4)
+    assert results["colours"]["std"] == pytest.approx(np.std(per_split, ddof=1), abs=1e-4)
+    assert "colours: " in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("split", [[], [1, 1]])
+def test_zero_shot_split_list_must_name_distinct_splits(split):
+    from vlkd.data.datamodule import ZeroShotSpec
+    from vlkd.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="distinct split numbers"):
+        ZeroShotSpec("ucf101", root="/videos", split=split)

@@ -47,6 +47,8 @@ class VideoClipDataset(Dataset):
         image_size: output side length in pixels.
         train: random crops, flips and frame offsets; otherwise centred and deterministic.
         flip: allow horizontal flips in training (False for direction-sensitive labels).
+        scale_jitter: training crops by short-side scale jitter over this range
+            (:func:`~vlkd.data.transforms.scale_jitter_crop`); ``None``: random resized crops.
         backend: video decoding backend (``None``: the default one).
         max_consecutive_failures: give up with a clear error after this many failures in a row.
         seed: seed of the evaluation views' (deterministic) randomness.
@@ -61,6 +63,7 @@ class VideoClipDataset(Dataset):
         image_size: int = 224,
         train: bool = False,
         flip: bool = True,
+        scale_jitter: tuple[int, int] | None = None,
         backend: str | None = None,
         max_consecutive_failures: int = 20,
         seed: int = 0,
@@ -74,6 +77,7 @@ class VideoClipDataset(Dataset):
         self.image_size = image_size
         self.train = train
         self.flip = flip
+        self.scale_jitter = scale_jitter
         self.backend = backend
         self.max_consecutive_failures = max_consecutive_failures
         self.seed = seed
@@ -115,7 +119,7 @@ class VideoClipDataset(Dataset):
         views = read_clip(self.root / sample.path, choose, backend=self.backend)  # V x (T, C, H, W) uint8
         clips = torch.stack(views).float().div_(255.0)
         if self.train:
-            video = train_transform(clips[0], self.image_size, rng, flip=self.flip)
+            video = train_transform(clips[0], self.image_size, rng, flip=self.flip, scale_jitter=self.scale_jitter)
         else:
             video = eval_transform(clips, self.image_size)
         return {"video": video, "label": sample.label}

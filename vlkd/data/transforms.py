@@ -69,13 +69,40 @@ def random_resized_crop(
     return out.reshape(*crop.shape[:-2], size, size)
 
 
-def train_transform(video: torch.Tensor, size: int, rng: random.Random, flip: bool = True) -> torch.Tensor:
-    """Training view: random resized crop, then a horizontal flip with probability 0.5 when allowed.
+def scale_jitter_crop(video: torch.Tensor, size: int, rng: random.Random, scales: tuple[int, int]) -> torch.Tensor:
+    """Shorter side resized to a random length in ``scales`` (inclusive), then one random ``size`` crop.
 
-    ``flip=False`` is required for datasets whose labels name a direction
-    (Something-Something's "pushing something from left to right").
+    The training crop of PySlowFast's video recipes (``TRAIN_JITTER_SCALES``), which
+    FROSTER trains with: ``scales=(224, 256)`` for 224-pixel crops. It keeps at least
+    ``size / scales[1]`` of the shorter side, a milder crop than :func:`random_resized_crop`.
     """
-    video = random_resized_crop(video, size, rng)
+    low, high = scales
+    if not size <= low <= high:
+        raise ValueError(f"scale jitter range {scales} must satisfy {size} (crop size) <= low <= high")
+    video = resize_short_side(video, rng.randint(low, high))
+    height, width = video.shape[-2:]
+    top, left = rng.randint(0, height - size), rng.randint(0, width - size)
+    return video[..., top : top + size, left : left + size]
+
+
+def train_transform(
+    video: torch.Tensor,
+    size: int,
+    rng: random.Random,
+    flip: bool = True,
+    scale_jitter: tuple[int, int] | None = None,
+) -> torch.Tensor:
+    """Training view: a random crop, then a horizontal flip with probability 0.5 when allowed.
+
+    The crop is :func:`scale_jitter_crop` over ``scale_jitter`` when it is given,
+    :func:`random_resized_crop` otherwise. ``flip=False`` is required for datasets
+    whose labels name a direction (Something-Something's "pushing something from
+    left to right").
+    """
+    if scale_jitter is None:
+        video = random_resized_crop(video, size, rng)
+    else:
+        video = scale_jitter_crop(video, size, rng, scale_jitter)
     if flip and rng.random() < 0.5:
         video = video.flip(-1)
     return video

@@ -8,7 +8,8 @@ A method subclasses :class:`VideoMethod` and implements :meth:`VideoMethod.class
   averaging logits over temporal views, and logs top-1/top-5/mean-class
   accuracy per set plus the base/novel harmonic mean;
 * writes ``results.json`` / ``results.md`` into the run's log folder after ``test``
-  (and ``validate``) and prints the table;
+  (and ``validate``) and prints the table; a zero-shot dataset evaluated on
+  several splits also gets its top-1 mean ± std over them under its own name;
 * counts the videos the datasets had to skip and reports them at the end of
   each epoch, in the log and in ``skipped_videos.txt``.
 """
@@ -23,8 +24,8 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
-from vlkd.eval.metrics import OpenVocabAccuracy
-from vlkd.eval.results import markdown_table, write_results
+from vlkd.eval.metrics import MeanStd, OpenVocabAccuracy, summarize_seeds
+from vlkd.eval.results import format_cell, markdown_table, write_results
 from vlkd.errors import ConfigError
 
 log = logging.getLogger(__name__)
@@ -101,6 +102,7 @@ class VideoMethod(pl.LightningModule):
         }
         if "hm" in results:
             headline["hm"] = results["hm"]
+        headline.update(self._split_summaries(results))
         summary = {**headline, "metrics": results, "stage": stage}
         json_path, _ = write_results(summary, out_dir, name="results")
         rows = [
@@ -110,8 +112,20 @@ class VideoMethod(pl.LightningModule):
         table = markdown_table(rows)
         print(f"\n{table}")
         if headline:
-            print("  ".join(f"{key}: {value:.2f}" for key, value in headline.items()))
+            print("  ".join(f"{key}: {format_cell(value)}" for key, value in headline.items()))
         print(f"results written to {json_path}")
+
+    def _split_summaries(self, results: dict[str, float]) -> dict[str, MeanStd]:
+        """Top-1 mean ± std over the splits of each zero-shot dataset evaluated on several."""
+        splits: dict[str, list[str]] = {}
+        for eval_set in self.eval_sets():
+            if eval_set.dataset is not None:
+                splits.setdefault(eval_set.dataset, []).append(eval_set.name)
+        return {
+            dataset: summarize_seeds([{"top1": results[f"{name}_top1"]} for name in names])["top1"]
+            for dataset, names in splits.items()
+            if len(names) > 1
+        }
 
     def on_validation_epoch_start(self) -> None:
         self._start_eval()
