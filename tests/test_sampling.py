@@ -223,3 +223,16 @@ def test_sampler_validates_arguments(kwargs, match):
 def test_functions_validate_arguments(call, match):
     with pytest.raises(ValueError, match=match):
         call()
+
+
+def test_stride_fps_keeps_the_window_duration_across_frame_rates():
+    sampler = FrameSampler(mode="dense", num_frames=8, stride=16, stride_fps=30.0)
+    assert [sampler.video_stride(fps) for fps in (30.0, 25.0, 12.0, 60.0, 1.0)] == [16, 13, 6, 32, 1]
+    # A 12 fps video (Something-Something) of 60 frames: 8 frames 6 apart, centred, not 16 apart and clamped.
+    assert sampler(60, 12.0, train=False) == [dense_indices(60, 8, 6, train=False)]
+    assert FrameSampler(mode="dense", num_frames=8, stride=16)(60, 12.0, train=False) == [
+        dense_indices(60, 8, 16, train=False)]
+    with pytest.raises(ValueError, match="needs the video's frame rate"):
+        sampler(60, None, train=False)
+    with pytest.raises(ValueError, match="only used by mode='dense'"):
+        FrameSampler(mode="segment", stride_fps=30.0)

@@ -101,6 +101,9 @@ class VideoDataModule(pl.LightningDataModule):
         num_frames: frames per clip (T).
         sampling: ``segment`` (TSN-style, one frame per segment) or ``dense`` (a window at ``stride``).
         stride: frame stride for dense sampling.
+        stride_fps: the frame rate ``stride`` counts frames at, so that a dense window
+            lasts the same time in every video (30 in PySlowFast and FROSTER: 8 x 16 spans
+            4.3 s); ``None``: the video's own frames.
         test_views: temporal views per evaluation video, logits averaged over them.
         image_size: side length of the square crops.
         flip: horizontal flips in training (turn off for direction-sensitive datasets such as SSv2).
@@ -124,6 +127,7 @@ class VideoDataModule(pl.LightningDataModule):
         num_frames: int = 8,
         sampling: str = "segment",
         stride: int = 16,
+        stride_fps: float | None = None,
         test_views: int = 1,
         image_size: int = 224,
         flip: bool = True,
@@ -144,8 +148,9 @@ class VideoDataModule(pl.LightningDataModule):
         self.train_list = train_list
         self.train_classes_file = train_classes
         self.zero_shot = list(zero_shot or [])
-        self.train_sampler = FrameSampler(mode=sampling, num_frames=num_frames, stride=stride, num_views=1)
-        self.eval_sampler = FrameSampler(mode=sampling, num_frames=num_frames, stride=stride, num_views=test_views)
+        frames = dict(mode=sampling, num_frames=num_frames, stride=stride, stride_fps=stride_fps)
+        self.train_sampler = FrameSampler(**frames, num_views=1)
+        self.eval_sampler = FrameSampler(**frames, num_views=test_views)
         self.image_size = image_size
         self.flip = flip
         if scale_jitter is not None and not image_size <= scale_jitter[0] <= scale_jitter[1]:

@@ -153,6 +153,11 @@ class FrameSampler:
         num_frames: frames per view. In ``"fps"`` mode the most frames returned
             (``None``: no limit).
         stride: frame stride of ``"dense"`` mode; unused otherwise.
+        stride_fps: the frame rate ``stride`` counts frames at in ``"dense"`` mode, so a
+            window lasts the same time whatever the video's rate: a video at ``fps``
+            uses ``round(stride * fps / stride_fps)`` (at least 1) of its own frames.
+            PySlowFast, and so FROSTER, counts at 30 fps (``TARGET_FPS``): 8 x 16 spans
+            4.3 s. ``None`` counts the video's own frames.
         fps: target frame rate of ``"fps"`` mode; must be ``None`` in the other modes.
         num_views: views per video. Evaluation returns :func:`multiview_indices`
             views; training returns that many independent random draws (normally 1).
@@ -166,6 +171,7 @@ class FrameSampler:
     stride: int = 16
     fps: float | None = None
     num_views: int = 1
+    stride_fps: float | None = None
 
     def __post_init__(self) -> None:
         if self.mode not in MODES:
@@ -181,25 +187,41 @@ class FrameSampler:
                 raise ValueError(f"FrameSampler mode='fps' returns a single view, got num_views={self.num_views}")
         elif self.fps is not None:
             raise ValueError(f"FrameSampler fps is only used by mode='fps', not mode={self.mode!r}")
+        if self.stride_fps is not None:
+            if self.mode != "dense":
+                raise ValueError(f"FrameSampler stride_fps is only used by mode='dense', not mode={self.mode!r}")
+            _check_positive(stride_fps=self.stride_fps)
 
     def __call__(
         self, num_frames_in_video: int, fps: float | None, train: bool, rng: random.Random | None = None
     ) -> list[list[int]]:
         """Views of frame indices for a video of ``num_frames_in_video`` frames at ``fps`` frames per second.
 
-        ``fps`` (the video's rate) is needed in ``"fps"`` mode only.
+        ``fps`` (the video's rate) is needed in ``"fps"`` mode, and in ``"dense"`` mode
+        with ``stride_fps``.
         """
         _check_positive(num_frames_in_video=num_frames_in_video)
         if self.mode == "fps":
             if fps is None or not fps > 0:
                 raise ValueError(f"FrameSampler mode='fps' needs the video's frame rate, got fps={fps}")
             return [fps_indices(num_frames_in_video, fps, self.fps, max_frames=self.num_frames)[0]]
-        stride = self.stride if self.mode == "dense" else None
+        stride = self.video_stride(fps) if self.mode == "dense" else None
         if not train:
             return multiview_indices(num_frames_in_video, self.num_views, self.num_frames, stride)
         if stride is None:
             return [segment_indices(num_frames_in_video, self.num_frames, True, rng) for _ in range(self.num_views)]
         return [dense_indices(num_frames_in_video, self.num_frames, stride, True, rng) for _ in range(self.num_views)]
+
+    def video_stride(self, fps: float | None) -> int:
+        """The dense stride in the frames of a video at ``fps`` (see ``stride_fps``)."""
+        if self.stride_fps is None:
+            return self.stride
+        if fps is None or not fps > 0:
+            raise ValueError(
+                f"FrameSampler stride_fps={self.stride_fps} needs the video's frame rate, got fps={fps}; "
+                "set stride_fps to None to count the video's own frames"
+            )
+        return max(1, round(self.stride * fps / self.stride_fps))
 
 
 # --------------------------------------------------------------------------- helpers
@@ -239,7 +261,7 @@ def _spread(total: int, count: int) -> list[int]:
 def _check_positive(**values) -> None:
     """Raise ValueError naming the first argument that is not positive; frame rates may be fractional."""
     for name, value in values.items():
-        fractional = name in ("fps", "source_fps", "target_fps")
+        fractional = name in ("fps", "source_fps", "target_fps", "stride_fps")
         kind = numbers.Real if fractional else numbers.Integral
         if isinstance(value, bool) or not isinstance(value, kind):
             raise ValueError(f"{name} must be {'a number' if fractional else 'an integer'} > 0, got {value!r}")

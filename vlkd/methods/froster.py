@@ -47,10 +47,13 @@ Where the paper is vague, this implementation chooses
   inference.
 * The real-scale configs follow the authors' training scripts where the paper is
   silent: 32 clips per optimisation step (64 for Kinetics-400 cross-dataset and for
-  UCF101 base-to-novel), reached on one device by gradient accumulation; training
-  crops by short-side scale jitter (224 to 256 pixels, then a random 224 crop, and a
-  flip except on SSv2). Their schedule warms up from, and decays to, 1 % of the peak
-  learning rate; this one runs from and to 0, a difference of 3.3e-8 in the rate.
+  UCF101 base-to-novel), reached on one device by gradient accumulation; 8-frame
+  windows with frames 16 apart at 30 fps (random start in training, test views from
+  the start to the end of the video); training crops by short-side scale jitter (224
+  to 256 pixels, then a random 224 crop) and flips. Their loader flips SSv2 clips too;
+  the SSv2 config does not, since its labels name left and right. Their schedule
+  warms up from, and decays to, 1 % of the peak learning rate; this one runs from and
+  to 0, a difference of 3.3e-8 in the rate.
 * ``residual=False`` (ablation) distils the student features directly
   (``1 - cos(f, g)``) and builds no projector.
 
