@@ -11,6 +11,8 @@ Rows (same data, same evaluation, same teacher):
   FROSTER              residual feature distillation, visual + text
   FROSTER w/o residual distillation straight to the teacher (no projector)
   FROSTER w/o text     visual distillation only
+  FROSTER, zero-padded ends   the authors' neighbour attention: the missing neighbour of
+                       the first and last frame is zeros left in the softmax, not masked
 
 Every run also evaluates zero-shot on the "textured" world (partly new classes):
 the cross-dataset column. More columns explain the rows: each run's HM minus
@@ -58,6 +60,8 @@ METHODS = {
     "FROSTER": ("fit", "configs/froster_synth.yaml", []),
     "FROSTER w/o residual": ("fit", "configs/froster_synth.yaml", ["--model.init_args.residual", "false"]),
     "FROSTER w/o text distillation": ("fit", "configs/froster_synth.yaml", ["--model.init_args.text_distill", "false"]),
+    "FROSTER, zero-padded ends": ("fit", "configs/froster_synth.yaml",
+                                  ["--model.init_args.temporal", "neighbour_zeros"]),
 }
 
 
@@ -69,7 +73,7 @@ def other_weight(distill_weight: float | None) -> bool:
 def run_dir(method: str, seed: int, distill_weight: float | None = None, init_offset: int = 0) -> Path:
     """Where a run lives: the main table's directly under the method's folder, runs at another
     lambda or initial seed under ``lambda<w>/``, ``init+<k>/`` or ``lambda<w>_init+<k>/``."""
-    name = method.replace(" ", "_").replace("/", "")
+    name = method.replace(" ", "_").replace("/", "").replace(",", "")
     variant = []
     if other_weight(distill_weight):
         variant.append(f"lambda{distill_weight:g}")

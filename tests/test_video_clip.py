@@ -63,6 +63,41 @@ def test_neighbour_attention_attends_to_previous_and_next_frame_only(students):
         torch.testing.assert_close(out[:, t], expected, rtol=1e-5, atol=1e-5)
 
 
+def test_zero_padded_ends_keep_zero_keys_in_the_softmax_as_the_authors_code(students):
+    """neighbour_zeros: the first and last frame also attend to N zero keys (logit 0) with zero values."""
+    attn = students["neighbour"].model.visual.transformer.resblocks[0].attn
+    batch, frames, tokens, heads = 2, 3, 5, attn.num_heads
+    x = torch.randn(batch * frames, tokens, attn.embed_dim)
+    out = neighbour_attention(attn, x, frames, mask_ends=False).view(batch, frames, tokens, -1)
+    masked = neighbour_attention(attn, x, frames).view(batch, frames, tokens, -1)
+    # Reference, written out per frame and head: keys/values of a missing neighbour are zeros.
+    q, k, v = F.linear(x, attn.in_proj_weight, attn.in_proj_bias).view(batch, frames, tokens, -1).chunk(3, dim=-1)
+    head_dim = attn.embed_dim // heads
+    for t in range(frames):
+        neighbours = [k[:, s] if 0 <= s < frames else torch.zeros_like(k[:, t]) for s in (t - 1, t, t + 1)]
+        values = [v[:, s] if 0 <= s < frames else torch.zeros_like(v[:, t]) for s in (t - 1, t, t + 1)]
+        keys, vals = torch.cat(neighbours, dim=1), torch.cat(values, dim=1)  # (B, 3N, D)
+        heads_out = []
+        for h in range(heads):
+            part = slice(h * head_dim, (h + 1) * head_dim)
+            weights = torch.softmax(q[:, t, :, part] @ keys[..., part].transpose(1, 2) / head_dim**0.5, dim=-1)
+            heads_out.append(weights @ vals[..., part])
+        expected = F.linear(torch.cat(heads_out, dim=-1), attn.out_proj.weight, attn.out_proj.bias)
+        torch.testing.assert_close(out[:, t], expected, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(out[:, 1], masked[:, 1], rtol=1e-5, atol=1e-6)  # a middle frame has both neighbours
+    assert not torch.allclose(out[:, 0], masked[:, 0], atol=1e-4)  # the ends differ
+
+
+def test_zero_padded_one_frame_clip_is_not_plain_clip(tiny_teacher, students):
+    zeros = create_student("video_clip", teacher=tiny_teacher, temporal="neighbour_zeros").eval()
+    video = _clips(1, 1)
+    with torch.no_grad():
+        one_frame = zeros.encode_video(video, normalize=True)
+        plain = students["none"].encode_video(video, normalize=True)
+    # One frame with two zero neighbours is not plain CLIP any more (unlike "neighbour").
+    assert F.cosine_similarity(one_frame, plain, dim=-1).item() < 1 - 1e-4
+
+
 def test_one_frame_student_equals_open_clip_encode_image_and_the_teacher(tiny_teacher, students):
     video = _clips(2, 1)
     pixels = tiny_teacher.normalize_pixels(video[:, 0])

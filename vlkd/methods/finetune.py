@@ -75,7 +75,8 @@ class VideoCLIPMethod(VideoMethod):
         templates: template set name (``video``) or a list of templates with one ``{}``.
         class_descriptions: a JSON file mapping class names to a description that is
             appended to every prompt of that class (``"a video of a person {}. {description}"``).
-        temporal: the student's temporal mode, ``"neighbour"`` or ``"none"``.
+        temporal: the student's temporal mode, ``"neighbour"``, ``"neighbour_zeros"`` or ``"none"``
+            (:class:`vlkd.models.VideoCLIP`).
         pooling: ``"logits"``: per-frame cosine logits averaged over time;
             ``"features"``: cosine of the time-averaged (then normalised) frame embedding.
         lr: peak learning rate.

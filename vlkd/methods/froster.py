@@ -35,7 +35,10 @@ Where the paper is vague, this implementation chooses
   the visual branch (not the time-pooled video embedding), per class prompt for the
   text branch; the teacher encodes the very same frames and prompts.
 * Temporal modelling is parameter-free neighbour-frame attention in every block
-  (:mod:`vlkd.models.video_clip`); ends of the clip are masked, not wrapped around.
+  (:mod:`vlkd.models.video_clip`); the missing neighbours at the ends of the clip
+  are masked, not wrapped around, so a one-frame clip is plain CLIP. The authors'
+  code pads them with zero keys and values that stay in the softmax; that variant
+  is ``temporal="neighbour_zeros"``, for matching their training exactly.
 * The logit scale is the pretrained CLIP's, fixed (see :mod:`vlkd.methods.finetune`).
 * One prompt template per step for all classes (seeded by the global step);
   evaluation averages all templates through the student's text tower.
@@ -100,7 +103,9 @@ class FROSTER(VideoCLIPMethod):
         teacher: the CLIP weights; the frozen teacher and the student's initial weights.
         templates: template set name (``video``) or list; one is sampled per training step.
         class_descriptions: JSON file of class name -> description appended to the prompts.
-        temporal: ``"neighbour"`` (neighbour-frame attention) or ``"none"``.
+        temporal: ``"neighbour"`` (neighbour-frame attention), ``"neighbour_zeros"`` (the
+            authors' variant, unmasked zero padding at the clip's ends; see
+            :mod:`vlkd.models.video_clip`) or ``"none"``.
         residual: distil through residual projectors (False: direct cosine to the teacher).
         visual_distill: distil the per-frame visual embeddings.
         text_distill: distil the class-prompt text embeddings.

@@ -11,8 +11,12 @@ values of frames ``t-1``, ``t`` and ``t+1`` (all tokens of each). The block's ow
 ``in_proj``/``out_proj`` weights are reused, so the state dict is the open_clip
 model's, key for key, and a checkpoint exports to plain open_clip. The missing
 neighbour at either end of the clip is zero-padded and masked out of the softmax,
-so a one-frame clip gets exactly CLIP's image embedding. ``"none"`` encodes the
-frames independently, exactly as ``CLIP.encode_image`` does.
+so a one-frame clip gets exactly CLIP's image embedding. ``"neighbour_zeros"`` is
+the FROSTER / Open-VCLIP authors' code instead: the missing neighbour's keys and
+values are zeros that stay in the softmax (each takes weight ``exp(0)``), so the
+first and last frames give part of their attention to nothing; use it to match
+their released training. ``"none"`` encodes the frames independently, exactly as
+``CLIP.encode_image`` does.
 
 Nothing here imports Lightning: the module is usable for export and inference alone.
 """
@@ -36,18 +40,24 @@ from vlkd.errors import ConfigError, MissingFileError
 from vlkd.teacher.backends import PreprocessConfig
 from vlkd.teacher.prompts import class_prompts
 
-TEMPORAL_MODES = ("neighbour", "none")
+TEMPORAL_MODES = ("neighbour", "neighbour_zeros", "none")
+NEIGHBOUR_MODES = ("neighbour", "neighbour_zeros")
 #: The file names of open_clip's folder layout, which :meth:`VideoCLIP.save_pretrained` writes.
 WEIGHTS_FILE, CONFIG_FILE = "open_clip_model.safetensors", "open_clip_config.json"
 
 
-def neighbour_attention(attn: nn.MultiheadAttention, x: torch.Tensor, frames: int) -> torch.Tensor:
+def neighbour_attention(
+    attn: nn.MultiheadAttention, x: torch.Tensor, frames: int, mask_ends: bool = True
+) -> torch.Tensor:
     """Self-attention over a frame's own tokens and those of the previous and next frame.
 
     Args:
         attn: the block's attention module; its ``in_proj``/``out_proj`` weights are used as-is.
         x: ``(B*T, N, D)`` normalised tokens, frames of one clip consecutive.
         frames: ``T``.
+        mask_ends: mask the zero padding that stands for the missing neighbour of the
+            first and last frame out of the softmax; ``False`` keeps it in, as the
+            authors' code does (``"neighbour_zeros"``).
 
     Returns:
         ``(B*T, N, D)``: the attention output before the residual connection.
@@ -66,11 +76,13 @@ def neighbour_attention(attn: nn.MultiheadAttention, x: torch.Tensor, frames: in
         context = torch.cat([padded[:, :-2], clips, padded[:, 2:]], dim=3)  # [previous, own, next] frame
         return context.view(bt, heads, 3 * tokens, head_dim)
 
-    # True = may attend. The zero-padded frames are masked, so a frame at either end
-    # attends over its real tokens only and T=1 reduces to plain attention.
-    index = torch.arange(frames, device=x.device)
-    mask = torch.stack([index > 0, torch.ones_like(index, dtype=torch.bool), index < frames - 1], dim=1)  # (T, 3)
-    mask = mask.repeat_interleave(tokens, dim=1).repeat(batch, 1).view(bt, 1, 1, 3 * tokens)
+    mask = None
+    if mask_ends:
+        # True = may attend. The zero-padded frames are masked, so a frame at either end
+        # attends over its real tokens only and T=1 reduces to plain attention.
+        index = torch.arange(frames, device=x.device)
+        mask = torch.stack([index > 0, torch.ones_like(index, dtype=torch.bool), index < frames - 1], dim=1)  # (T, 3)
+        mask = mask.repeat_interleave(tokens, dim=1).repeat(batch, 1).view(bt, 1, 1, 3 * tokens)
 
     # 4-D inputs keep PyTorch's fused (memory-efficient) attention kernels available.
     dropout = attn.dropout if attn.training else 0.0
@@ -81,12 +93,14 @@ def neighbour_attention(attn: nn.MultiheadAttention, x: torch.Tensor, frames: in
     return F.linear(out.transpose(1, 2).reshape(bt, tokens, width), attn.out_proj.weight, attn.out_proj.bias)
 
 
-def neighbour_block_forward(block: ResidualAttentionBlock, x: torch.Tensor, frames: int) -> torch.Tensor:
+def neighbour_block_forward(
+    block: ResidualAttentionBlock, x: torch.Tensor, frames: int, mask_ends: bool = True
+) -> torch.Tensor:
     """open_clip's ``ResidualAttentionBlock.forward`` with :func:`neighbour_attention` in place of self-attention.
 
     ``x`` is ``(B*T, N, D)``, the output has the same shape.
     """
-    x = x + block.ls_1(neighbour_attention(block.attn, block.ln_1(x), frames))
+    x = x + block.ls_1(neighbour_attention(block.attn, block.ln_1(x), frames, mask_ends))
     return x + block.ls_2(block.mlp(block.ln_2(x)))
 
 
@@ -99,7 +113,9 @@ class VideoCLIP(nn.Module):
         preprocess: the pixel statistics and size the weights expect (the teacher's).
         tokenizer: open_clip tokenizer (``texts -> (N, L)`` ids) for :meth:`tokenize`.
         temporal: ``"neighbour"`` (attend to the previous and next frame in every
-            block) or ``"none"`` (independent frames).
+            block), ``"neighbour_zeros"`` (the same with the authors' unmasked zero
+            padding at the clip's ends, see the module docstring) or ``"none"``
+            (independent frames).
         grad_checkpointing: recompute each block in the backward pass to save memory.
     """
 
@@ -223,7 +239,7 @@ class VideoCLIP(nn.Module):
         visual = self.model.visual
         pixels = self.normalize_pixels(video.flatten(0, 1))
         x = visual._embeds(pixels)  # (B*T, N, D): patch + class tokens, positions, ln_pre
-        if self.temporal == "neighbour":
+        if self.temporal in NEIGHBOUR_MODES:
             for block in visual.transformer.resblocks:
                 x = self._neighbour_block(block, x, frames)
         else:
@@ -235,9 +251,10 @@ class VideoCLIP(nn.Module):
         return F.normalize(features, dim=-1) if normalize else features
 
     def _neighbour_block(self, block: nn.Module, x: torch.Tensor, frames: int) -> torch.Tensor:
+        mask_ends = self.temporal == "neighbour"
         if self.model.visual.transformer.grad_checkpointing and torch.is_grad_enabled():
-            return checkpoint(neighbour_block_forward, block, x, frames, use_reentrant=False)
-        return neighbour_block_forward(block, x, frames)
+            return checkpoint(neighbour_block_forward, block, x, frames, mask_ends, use_reentrant=False)
+        return neighbour_block_forward(block, x, frames, mask_ends)
 
     # -- text -------------------------------------------------------------------------
     def tokenize(self, texts: Sequence[str]) -> torch.Tensor:
@@ -281,7 +298,7 @@ def _check_open_clip_vit(model: nn.Module, temporal: str) -> None:
     transformer = getattr(visual, "transformer", None)
     if transformer is None or not all(hasattr(visual, name) for name in ("_embeds", "_pool", "proj")):
         raise ConfigError("VideoCLIP needs an open_clip CLIP model with a VisionTransformer image tower")
-    if temporal == "neighbour":
+    if temporal in NEIGHBOUR_MODES:
         for block in transformer.resblocks:
             plain = type(block) is ResidualAttentionBlock and not hasattr(block, "ln_1_kv")
             if not plain or not block.attn._qkv_same_embed_dim or not transformer.batch_first:
