@@ -174,6 +174,19 @@ def test_training_samples_one_template_per_step_and_descriptions_are_appended(tm
     (tmp_path / "bad.json").write_text("[1, 2]")
     with pytest.raises(ValueError, match="JSON object"):
         _froster(class_descriptions=str(tmp_path / "bad.json"))
+    # The authors' index-keyed files ({"0": "Abseiling: ..."}) would silently match no class.
+    (tmp_path / "by_index.json").write_text(json.dumps({"0": "Abseiling: descending a rock face."}))
+    with pytest.raises(ValueError, match="keys are class indices"):
+        _froster(class_descriptions=str(tmp_path / "by_index.json"))
+
+
+def test_descriptions_that_name_no_training_class_stop_the_fit(world, tmp_path, capsys):
+    descriptions = tmp_path / "other_classes.json"
+    descriptions.write_text(json.dumps({"abseiling": "Descending a rock face on a rope."}))
+    args = tiny_overrides(REPO / "configs" / "froster_ucf_b2n.yaml", world, tmp_path)
+    assert main(["fit", *args, "--trainer.fast_dev_run", "1",
+                 "--model.init_args.class_descriptions", str(descriptions)]) == 2
+    assert "names none of the 2 training classes" in capsys.readouterr().err
 
 
 def test_warmup_then_cosine_schedule():

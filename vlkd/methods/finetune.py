@@ -154,6 +154,18 @@ class VideoCLIPMethod(VideoMethod):
         return self.video_logits(frames, self.class_embeddings(class_names))
 
     # -- training -----------------------------------------------------------------------
+    def on_fit_start(self) -> None:
+        if self.descriptions:
+            names = self.train_class_names
+            covered = sum(name in self.descriptions for name in names)
+            if covered == 0:
+                raise ConfigError(
+                    f"model.class_descriptions names none of the {len(names)} training classes "
+                    f"(e.g. {names[0]!r}; the file has {next(iter(self.descriptions))!r}): key the "
+                    "descriptions by the class names of the label CSV"
+                )
+            log.info("class descriptions for %d of %d training classes", covered, len(names))
+
     @property
     def train_class_names(self) -> list[str]:
         names = getattr(getattr(self.trainer, "datamodule", None), "train_classes", None)
@@ -261,6 +273,13 @@ def load_class_descriptions(path: str | None) -> dict[str, str]:
         isinstance(key, str) and isinstance(value, str) for key, value in descriptions.items()
     ):
         raise ConfigError(f"{file}: class descriptions must be a JSON object of class name -> text")
+    if descriptions and all(key.strip().isdigit() for key in descriptions):
+        # The FROSTER / Open-VCLIP "index2cls" files ({"0": "Abseiling: ..."}) look like this.
+        raise ConfigError(
+            f"{file}: the keys are class indices ({next(iter(descriptions))!r}, ...), but class "
+            "descriptions are looked up by class name; key each text by its class's name as the "
+            "label CSV spells it"
+        )
     return {key: value.strip() for key, value in descriptions.items() if value.strip()}
 
 
