@@ -150,6 +150,10 @@ def test_missing_root_is_a_clear_error(tmp_path):
     dm = VideoDataModule(str(tmp_path / "absent"), base2novel=Base2NovelSpec("k400"))
     with pytest.raises(MissingFileError, match="video root folder"):
         dm.setup("fit")
+    from vlkd.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="data.root is missing"):
+        VideoDataModule(base2novel=Base2NovelSpec("k400"))
 
 
 def _write_config(world: Path, tmp_path: Path) -> Path:
@@ -220,7 +224,7 @@ def test_zero_shot_splits_are_scored_apart_and_summarised(colour_world, tmp_path
         write_video_list(samples, split_dir / "zero_shot" / layout.samples.format(split=split))
     config = yaml.safe_load(_write_config(colour_world, tmp_path).read_text())
     data = config["data"]["init_args"]
-    del data["base2novel"]
+    del data["base2novel"], data["root"]  # zero-shot sets name their own roots
     data["zero_shot"] = [{"dataset": "colours", "root": str(colour_world), "split": [1, 2, 3],
                           "split_dir": str(split_dir)}]
     path = tmp_path / "zero_shot_splits.yaml"

@@ -295,7 +295,7 @@ def test_averaging_state_round_trips_and_never_counts_an_epoch_twice():
 COLOURS = {"running": (220, 30, 30), "jumping": (30, 200, 40), "swimming": (30, 40, 220), "climbing": (240, 240, 240)}
 NAMES = list(COLOURS)
 B2N_DATASETS = {"froster_k400_b2n": "k400", "froster_hmdb_b2n": "hmdb51", "froster_ucf_b2n": "ucf101",
-                "froster_ssv2_b2n": "ssv2", "finetune_k400_b2n": "k400"}
+                "froster_ssv2_b2n": "ssv2", "finetune_k400_b2n": "k400", "zeroshot_k400_b2n": "k400"}
 
 
 def write_world(root: Path, videos_per_class: int = 2) -> Path:
@@ -343,10 +343,11 @@ def tiny_overrides(config: Path, world: Path, out: Path, **trainer) -> list[str]
         del data["test_views"]
     elif config.stem in B2N_DATASETS:
         data["base2novel"] = {"dataset": B2N_DATASETS[config.stem], "seed": 1, "split_dir": str(world / "splits")}
-    else:
-        data.update(train_list=str(world / "train.txt"), train_classes=str(world / "classes.csv"),
-                    zero_shot=[{"dataset": name, "root": str(world), "split": [1, 2, 3],
-                                "split_dir": str(world / "splits")} for name in ("ucf101", "hmdb51", "k600")])
+    else:  # the cross-dataset protocol: the three zero-shot sets, and K400 training where the config trains
+        data["zero_shot"] = [{"dataset": name, "root": str(world), "split": [1, 2, 3], "split_dir": str(world / "splits")}
+                             for name in ("ucf101", "hmdb51", "k600")]
+        if "train_list" in yaml.safe_load(config.read_text())["data"]["init_args"]:
+            data.update(train_list=str(world / "train.txt"), train_classes=str(world / "classes.csv"))
     override = out / f"{config.stem}_override.yaml"
     override.parent.mkdir(parents=True, exist_ok=True)
     trainer = {"accelerator": "cpu", "devices": 1, "precision": "32", "default_root_dir": str(out / "runs"),
@@ -368,8 +369,22 @@ SYNTH_CONFIGS = {"froster_synth", "finetune_synth"}
 TINY_SYNTH = {"size": 32, "frames": 4, "clips_per_class": 1, "train_clips_per_class": 2, "shots": 1}
 
 
+REAL_ZERO_SHOT_CONFIGS = sorted(p for p in (REPO / "configs").glob("zeroshot_*.yaml") if p.stem != "zeroshot_synth")
+
+
 def test_every_froster_config_is_tested():
-    assert {p.stem for p in TRAINING_CONFIGS} == {"froster_k400", *B2N_DATASETS, *SYNTH_CONFIGS}
+    tested = {p.stem for p in TRAINING_CONFIGS + REAL_ZERO_SHOT_CONFIGS}
+    assert tested == {"froster_k400", "zeroshot_cross_dataset", *B2N_DATASETS, *SYNTH_CONFIGS}
+
+
+@pytest.mark.parametrize("config", REAL_ZERO_SHOT_CONFIGS, ids=lambda p: p.stem)
+def test_shipped_zero_shot_config_scores_every_set(config, world, tmp_path):
+    """The frozen-teacher rows at real scale: `vlkd test` on the tiny world in the same layout."""
+    assert main(["test", *tiny_overrides(config, world, tmp_path)]) == 0
+    (results_file,) = (tmp_path / "runs").rglob("results.json")
+    results = json.loads(results_file.read_text())
+    expected = {"base", "novel", "hm"} if config.stem in B2N_DATASETS else {"ucf101", "hmdb51", "k600"}
+    assert expected <= set(results)
 
 
 @pytest.mark.parametrize("config", TRAINING_CONFIGS, ids=lambda p: p.stem)

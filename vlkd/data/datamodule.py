@@ -92,7 +92,8 @@ class VideoDataModule(pl.LightningDataModule):
     """Video clips for training and open-vocabulary evaluation.
 
     Args:
-        root: folder the training (and base-to-novel evaluation) list paths are relative to.
+        root: folder the training (and base-to-novel evaluation) list paths are relative to;
+            not needed when only ``zero_shot`` sets are evaluated (each names its own root).
         base2novel: use a base-to-novel split (training list + base and novel evaluation).
         train_list: an explicit training list (``path label`` lines or ``path,label`` CSV)
             instead of a base-to-novel split.
@@ -119,7 +120,7 @@ class VideoDataModule(pl.LightningDataModule):
 
     def __init__(
         self,
-        root: str,
+        root: str | None = None,
         base2novel: Base2NovelSpec | None = None,
         train_list: str | None = None,
         train_classes: str | None = None,
@@ -143,7 +144,9 @@ class VideoDataModule(pl.LightningDataModule):
             raise ConfigError("data: give either base2novel or train_list, not both")
         if train_list is not None and train_classes is None:
             raise ConfigError("data.train_classes is missing: train_list needs an id,name CSV of its class names")
-        self.root = Path(root).expanduser()
+        if root is None and (base2novel is not None or train_list is not None):
+            raise ConfigError("data.root is missing: set it to the folder the training list's video paths are relative to")
+        self.root = None if root is None else Path(root).expanduser()
         self.base2novel = base2novel
         self.train_list = train_list
         self.train_classes_file = train_classes
@@ -189,7 +192,7 @@ class VideoDataModule(pl.LightningDataModule):
     def setup(self, stage: str | None = None) -> None:
         if self.eval_sets:  # already set up (setup runs once per stage)
             return
-        if not self.root.is_dir():
+        if self.root is not None and not self.root.is_dir():
             raise MissingFileError(self.root, "video root folder", "set data.root to the folder holding the videos")
         if self.base2novel is not None:
             spec = self.base2novel
