@@ -1,6 +1,6 @@
 """FROSTER against its baselines on SynthActions: base / novel / HM over split seeds s1..s3, plus cross-dataset.
 
-    python benchmarks/froster_synth.py            # all rows, ~20 min on 2 CPU cores
+    python benchmarks/froster_synth.py            # all rows, ~25 min on 2 CPU cores
     python benchmarks/froster_synth.py --seeds 1  # one seed
     python benchmarks/froster_synth.py --distill-weights 8 32   # FROSTER vs direct at other lambdas, ~20 min
     python benchmarks/froster_synth.py --init-offsets 100 200 300   # ... from more initial seeds, ~30 min
