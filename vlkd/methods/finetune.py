@@ -155,16 +155,21 @@ class VideoCLIPMethod(VideoMethod):
 
     # -- training -----------------------------------------------------------------------
     def on_fit_start(self) -> None:
+        # A descriptions file that matches no class at all is a mistake (a misspelt or
+        # differently formatted key set), not a choice: stop before training on it.
         if self.descriptions:
-            names = self.train_class_names
+            names = list(dict.fromkeys([
+                *self.train_class_names,
+                *(name for eval_set in self.trainer.datamodule.eval_sets for name in eval_set.class_names),
+            ]))
             covered = sum(name in self.descriptions for name in names)
             if covered == 0:
                 raise ConfigError(
-                    f"model.class_descriptions names none of the {len(names)} training classes "
+                    f"model.class_descriptions names none of the {len(names)} classes of this run "
                     f"(e.g. {names[0]!r}; the file has {next(iter(self.descriptions))!r}): key the "
-                    "descriptions by the class names of the label CSV"
+                    "descriptions by the class names of the label CSVs"
                 )
-            log.info("class descriptions for %d of %d training classes", covered, len(names))
+            log.info("class descriptions for %d of the %d classes of this run", covered, len(names))
 
     @property
     def train_class_names(self) -> list[str]:
