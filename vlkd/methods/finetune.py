@@ -160,7 +160,8 @@ class VideoCLIPMethod(VideoMethod):
         if self.descriptions:
             names = list(dict.fromkeys([
                 *self.train_class_names,
-                *(name for eval_set in self.trainer.datamodule.eval_sets for name in eval_set.class_names),
+                *(name for eval_set in getattr(self.trainer.datamodule, "eval_sets", [])
+                  for name in eval_set.class_names),
             ]))
             covered = sum(name in self.descriptions for name in names)
             if covered == 0:
