@@ -199,6 +199,12 @@ def test_warmup_then_cosine_schedule():
     assert values[:4] == [0.25, 0.5, 0.75, 1.0]
     assert all(a >= b for a, b in zip(values[3:], values[4:])) and values[-1] < 0.05
     assert warmup_cosine(0, 10)(0) == 1.0
+    # The authors' floor: warm-up from 1 % of the peak, cosine back down to 1 %.
+    floored = warmup_cosine(warmup_steps=4, total_steps=12, floor=0.01)
+    assert floored(0) == pytest.approx(0.01 + 0.99 * 0.25) and floored(3) == pytest.approx(1.0)
+    assert floored(12) == pytest.approx(0.01) and min(floored(step) for step in range(13)) >= 0.01
+    with pytest.raises(ValueError, match="min_lr_ratio"):
+        _froster(min_lr_ratio=1.0)
 
 
 def test_finetune_baseline_has_no_teacher_and_only_cross_entropy():

@@ -28,8 +28,9 @@ Choices shared by the methods built on this class:
 * **Optimiser.** AdamW with betas (0.9, 0.98) and eps 1e-8 (CLIP's and ViFi-CLIP's
   setting); the schedule warms up linearly for ``warmup_epochs`` (converted to
   optimisation steps with ``trainer.estimated_stepping_batches``), then decays
-  with a half cosine to zero at the last step. The scheduler steps every
-  optimisation step.
+  with a half cosine to ``min_lr_ratio`` x lr at the last step (0 by default; the
+  real-scale configs use the authors' 1 %, where the warm-up also starts). The
+  scheduler steps every optimisation step.
 * **Gradient clipping** is the Trainer's job: ``trainer.gradient_clip_val: 1.0``
   in the configs.
 * **Template sampling** is seeded by the global step, so every DDP rank (and a
@@ -45,6 +46,7 @@ import random
 from collections.abc import Sequence
 from pathlib import Path
 
+import lightning.pytorch as pl
 import torch
 import torch.nn.functional as F
 
@@ -82,6 +84,8 @@ class VideoCLIPMethod(VideoMethod):
         lr: peak learning rate.
         weight_decay: AdamW weight decay on matrices.
         warmup_epochs: linear warm-up length, in epochs (fractions allowed).
+        min_lr_ratio: the schedule's floor as a fraction of ``lr``: the warm-up starts
+            from it and the cosine ends at it.
         grad_checkpointing: recompute the towers' blocks in the backward pass to save memory.
     """
 
@@ -95,14 +99,16 @@ class VideoCLIPMethod(VideoMethod):
         lr: float = 3.33e-6,
         weight_decay: float = 0.01,
         warmup_epochs: float = 2.0,
+        min_lr_ratio: float = 0.0,
         grad_checkpointing: bool = False,
     ):
         super().__init__()
         if pooling not in POOLINGS:
             raise ConfigError(f"pooling must be one of {POOLINGS}, got {pooling!r}")
-        if lr <= 0 or weight_decay < 0 or warmup_epochs < 0:
+        if lr <= 0 or weight_decay < 0 or warmup_epochs < 0 or not 0 <= min_lr_ratio < 1:
             raise ConfigError(
-                f"need lr > 0, weight_decay >= 0 and warmup_epochs >= 0; got {lr}, {weight_decay}, {warmup_epochs}"
+                "need lr > 0, weight_decay >= 0, warmup_epochs >= 0 and 0 <= min_lr_ratio < 1; got "
+                f"{lr}, {weight_decay}, {warmup_epochs}, {min_lr_ratio}"
             )
         self.student = create_student(
             "video_clip", teacher=clip, temporal=temporal, grad_checkpointing=grad_checkpointing
@@ -116,6 +122,7 @@ class VideoCLIPMethod(VideoMethod):
         self.lr = lr
         self.weight_decay = weight_decay
         self.warmup_epochs = warmup_epochs
+        self.min_lr_ratio = min_lr_ratio
         # Prompt-ensembled student class embeddings, by class list. The student changes
         # during training, so every training loss computation and the start of every
         # evaluation epoch empty the cache.
@@ -241,25 +248,37 @@ class VideoCLIPMethod(VideoMethod):
 
     def configure_optimizers(self):
         optimizer = torch.optim.AdamW(self.parameter_groups(), lr=self.lr, betas=(0.9, 0.98), eps=1e-8)
-        total = max(1, int(self.trainer.estimated_stepping_batches))
-        max_epochs = self.trainer.max_epochs
-        if max_epochs is not None and max_epochs > 0:
-            warmup = min(total, round(self.warmup_epochs * total / max_epochs))
-        else:
-            log.warning("trainer.max_epochs is not set: warm-up epochs cannot be converted to steps; no warm-up")
-            warmup = 0
-        schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, warmup_cosine(warmup, total))
-        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": schedule, "interval": "step"}}
+        return {"optimizer": optimizer,
+                "lr_scheduler": step_schedule(self.trainer, optimizer, self.warmup_epochs, self.min_lr_ratio)}
 
 
-def warmup_cosine(warmup_steps: int, total_steps: int):
-    """LR multiplier of step ``s``: linear ``(s+1)/W`` for the first ``W`` steps, then a half cosine to 0."""
+def step_schedule(trainer: pl.Trainer, optimizer: torch.optim.Optimizer, warmup_epochs: float,
+                  floor: float = 0.0) -> dict:
+    """Lightning's ``lr_scheduler`` entry for :func:`warmup_cosine`, stepped every optimisation step.
+
+    The warm-up, given in epochs, becomes optimisation steps through
+    ``trainer.estimated_stepping_batches`` (which counts gradient accumulation).
+    """
+    total = max(1, int(trainer.estimated_stepping_batches))
+    max_epochs = trainer.max_epochs
+    if max_epochs is not None and max_epochs > 0:
+        warmup = min(total, round(warmup_epochs * total / max_epochs))
+    else:
+        log.warning("trainer.max_epochs is not set: warm-up epochs cannot be converted to steps; no warm-up")
+        warmup = 0
+    schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, warmup_cosine(warmup, total, floor))
+    return {"scheduler": schedule, "interval": "step"}
+
+
+def warmup_cosine(warmup_steps: int, total_steps: int, floor: float = 0.0):
+    """LR multiplier of step ``s``: linear from ``floor`` to 1 over the first ``W`` steps
+    (``floor + (1 - floor) (s+1)/W``), then a half cosine from 1 down to ``floor``."""
 
     def factor(step: int) -> float:
         if step < warmup_steps:
-            return (step + 1) / warmup_steps
+            return floor + (1.0 - floor) * (step + 1) / warmup_steps
         progress = (step - warmup_steps) / max(1, total_steps - warmup_steps)
-        return 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
+        return floor + (1.0 - floor) * 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
 
     return factor
 
@@ -298,8 +317,8 @@ class FineTuneCLIP(VideoCLIPMethod):
 
     Args:
         clip: the CLIP weights to start from.
-        templates, class_descriptions, lr, weight_decay, warmup_epochs, grad_checkpointing:
-            see :class:`VideoCLIPMethod`.
+        templates, class_descriptions, lr, weight_decay, warmup_epochs, min_lr_ratio,
+        grad_checkpointing: see :class:`VideoCLIPMethod`.
     """
 
     def __init__(
@@ -310,6 +329,7 @@ class FineTuneCLIP(VideoCLIPMethod):
         lr: float = 3.33e-6,
         weight_decay: float = 0.01,
         warmup_epochs: float = 2.0,
+        min_lr_ratio: float = 0.0,
         grad_checkpointing: bool = False,
     ):
         # The frozen model is only the source of the weights, tokenizer and pixel
@@ -324,6 +344,7 @@ class FineTuneCLIP(VideoCLIPMethod):
             lr=lr,
             weight_decay=weight_decay,
             warmup_epochs=warmup_epochs,
+            min_lr_ratio=min_lr_ratio,
             grad_checkpointing=grad_checkpointing,
         )
         self.save_hyperparameters()

@@ -56,8 +56,7 @@ Where the paper is vague, this implementation chooses
   the start to the end of the video); training crops by short-side scale jitter (224
   to 256 pixels, then a random 224 crop) and flips. Their loader flips SSv2 clips too;
   the SSv2 config does not, since its labels name left and right. Their schedule
-  warms up from, and decays to, 1 % of the peak learning rate; this one runs from and
-  to 0, a difference of 3.3e-8 in the rate.
+  warms up from, and decays to, 1 % of the peak learning rate (``min_lr_ratio: 0.01``).
 * ``residual=False`` (ablation) distils the student features directly
   (``1 - cos(f, g)``) and builds no projector.
 
@@ -112,7 +111,7 @@ class FROSTER(VideoCLIPMethod):
         text_distill: distil the class-prompt text embeddings.
         distill_weight: lambda, the weight of the summed distillation terms.
         alpha: the projectors' residual weight.
-        lr, weight_decay, warmup_epochs, grad_checkpointing: see
+        lr, weight_decay, warmup_epochs, min_lr_ratio, grad_checkpointing: see
             :class:`~vlkd.methods.finetune.VideoCLIPMethod`.
     """
 
@@ -130,6 +129,7 @@ class FROSTER(VideoCLIPMethod):
         lr: float = 3.33e-6,
         weight_decay: float = 0.01,
         warmup_epochs: float = 2.0,
+        min_lr_ratio: float = 0.0,
         grad_checkpointing: bool = False,
     ):
         teacher = teacher or TeacherSpec()
@@ -143,6 +143,7 @@ class FROSTER(VideoCLIPMethod):
             lr=lr,
             weight_decay=weight_decay,
             warmup_epochs=warmup_epochs,
+            min_lr_ratio=min_lr_ratio,
             grad_checkpointing=grad_checkpointing,
         )
         self.save_hyperparameters()

@@ -47,7 +47,7 @@ Where the paper is vague, this implementation chooses
   evaluation uses ``eval_selection`` (motion by default).
 * **Optimisation.** AdamW on the tokenizer only (the teacher gets no gradient and no
   optimiser state), linear warm-up then a per-step half cosine
-  (:func:`vlkd.methods.finetune.warmup_cosine`); weight decay on matrices only.
+  (:func:`vlkd.methods.finetune.step_schedule`); weight decay on matrices only.
 * **Evaluation** (``vlkd test``, and at the end of ``vlkd fit``): zero-shot open-vocabulary
   classification from the ResidualViT features: per-frame logits against the
   prompt-ensembled teacher text embeddings of each set's class names, averaged over
@@ -70,7 +70,7 @@ import torch.nn.functional as F
 
 from vlkd.errors import ConfigError
 from vlkd.methods.base import VideoMethod, trainable_parameters
-from vlkd.methods.finetune import warmup_cosine
+from vlkd.methods.finetune import step_schedule
 from vlkd.models import create_student
 from vlkd.models.residual_vit import SELECTIONS, TOKENIZER_FILE
 from vlkd.teacher import TeacherSpec, resolve_templates
@@ -222,11 +222,7 @@ class ResidualViTDistillation(VideoMethod):
             [{"params": decay, "weight_decay": self.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
             lr=self.lr,
         )
-        total = max(1, int(self.trainer.estimated_stepping_batches))
-        max_epochs = self.trainer.max_epochs
-        warmup = min(total, round(self.warmup_epochs * total / max_epochs)) if max_epochs and max_epochs > 0 else 0
-        schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, warmup_cosine(warmup, total))
-        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": schedule, "interval": "step"}}
+        return {"optimizer": optimizer, "lr_scheduler": step_schedule(self.trainer, optimizer, self.warmup_epochs)}
 
     def _tokenizer_path(self) -> Path:
         """Where training exports the tokenizer: ``residual_tokenizer.safetensors`` in the run's log folder."""
