@@ -48,7 +48,8 @@ Where the paper is vague, this implementation chooses
   :class:`vlkd.methods.callbacks.EpochWeightAveraging` and averages the student
   only: the projectors are not used at inference. The real-scale configs average
   the end-of-epoch weights from the end of the second warm-up epoch (0-based epoch
-  1) to the last, as the authors average their checkpoints 2 to 22 (numbered from 1).
+  1) to the last, as the authors average their checkpoints 2 to the last (numbered
+  from 1).
 * The real-scale configs follow the authors' training scripts where the paper is
   silent: 32 clips per optimisation step (64 for Kinetics-400 cross-dataset and for
   UCF101 base-to-novel), reached on one device by gradient accumulation; 8-frame
