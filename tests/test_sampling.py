@@ -227,12 +227,33 @@ def test_functions_validate_arguments(call, match):
 
 def test_stride_fps_keeps_the_window_duration_across_frame_rates():
     sampler = FrameSampler(mode="dense", num_frames=8, stride=16, stride_fps=30.0)
-    assert [sampler.video_stride(fps) for fps in (30.0, 25.0, 12.0, 60.0, 1.0)] == [16, 13, 6, 32, 1]
+    assert [sampler.frame_step(fps) for fps in (30.0, 25.0, 12.0, 60.0, 1.0)] == [16, 13, 6, 32, 1]
     # A 12 fps video (Something-Something) of 60 frames: 8 frames 6 apart, centred, not 16 apart and clamped.
     assert sampler(60, 12.0, train=False) == [dense_indices(60, 8, 6, train=False)]
     assert FrameSampler(mode="dense", num_frames=8, stride=16)(60, 12.0, train=False) == [
         dense_indices(60, 8, 16, train=False)]
     with pytest.raises(ValueError, match="needs the video's frame rate"):
         sampler(60, None, train=False)
-    with pytest.raises(ValueError, match="only used by mode='dense'"):
+    with pytest.raises(ValueError, match="only used by modes"):
         FrameSampler(mode="segment", stride_fps=30.0)
+
+
+def test_window_mode_spreads_the_frames_over_the_whole_window_as_pyslowfast():
+    """8 x 16 at 30 fps: 8 frames over 128 frames, first and last included (PySlowFast's linspace + floor)."""
+    sampler = FrameSampler(mode="window", num_frames=8, stride=16, stride_fps=30.0)
+    assert sampler.frame_step(30.0) == pytest.approx(127 / 7)
+    (view,) = sampler(300, 30.0, train=False)
+    start = (300 - 128) // 2  # centred, as the dense mode
+    assert view == [start + math.floor(k * 127 / 7 + 1e-9) for k in range(8)] and view[-1] - view[0] == 127
+    # At 25 fps the window keeps its 4.27 s: 106.7 frames.
+    (view,) = sampler(300, 25.0, train=False)
+    assert view[-1] - view[0] == 105
+    # Training: random starts inside the video, the same spacing.
+    train = [tuple(sampler(300, 30.0, train=True, rng=random.Random(seed))[0]) for seed in range(40)]
+    assert len({t[0] for t in train}) > 10 and all(t[-1] - t[0] == 127 and t[-1] < 300 for t in train)
+    # Three test views run from the first frame to the last.
+    first, middle, last = FrameSampler(mode="window", num_frames=8, stride=16, num_views=3)(300, 30.0, train=False)
+    assert first[0] == 0 and last[-1] == 299 and first[0] < middle[0] < last[0]
+    # A video shorter than the window: start at 0, clamp at the last frame.
+    (short,) = sampler(50, 30.0, train=False)
+    assert short[0] == 0 and short[-1] == 49 and short == sorted(short)

@@ -100,11 +100,13 @@ class VideoDataModule(pl.LightningDataModule):
         train_classes: ``id,name`` CSV naming the labels of ``train_list``.
         zero_shot: cross-dataset evaluation sets, evaluated after the base/novel ones.
         num_frames: frames per clip (T).
-        sampling: ``segment`` (TSN-style, one frame per segment) or ``dense`` (a window at ``stride``).
-        stride: frame stride for dense sampling.
-        stride_fps: the frame rate ``stride`` counts frames at, so that a dense window
-            lasts the same time in every video (30 in PySlowFast and FROSTER: 8 x 16 spans
-            4.3 s); ``None``: the video's own frames.
+        sampling: ``segment`` (TSN-style, one frame per segment), ``dense`` (frames
+            ``stride`` apart) or ``window`` (PySlowFast's clips: ``num_frames`` frames spread
+            evenly over ``num_frames x stride``); see :class:`~vlkd.data.sampling.FrameSampler`.
+        stride: frame stride for dense and window sampling.
+        stride_fps: the frame rate ``stride`` counts frames at, so that a window lasts the
+            same time in every video (30 in PySlowFast and FROSTER: 8 x 16 lasts 4.3 s);
+            ``None``: the video's own frames.
         test_views: temporal views per evaluation video, logits averaged over them.
         image_size: side length of the square crops.
         flip: horizontal flips in training (turn off for direction-sensitive datasets such as SSv2).

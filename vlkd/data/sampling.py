@@ -11,6 +11,8 @@ generator, which PyTorch's DataLoader reseeds in every worker. Evaluation
 Samplers
     * :func:`segment_indices`: TSN-style, one frame per equal segment.
     * :func:`dense_indices`: a window of ``clip_len`` frames ``stride`` apart.
+    * ``"window"`` mode of :class:`FrameSampler`: PySlowFast's clip, ``clip_len`` frames
+      spread evenly over ``clip_len x stride`` frames.
     * :func:`multiview_indices`: several evaluation views spread over the video.
     * :func:`fps_indices`: every frame of a target frame rate, with timestamps.
     * :class:`FrameSampler`: the configuration a dataset holds, choosing among them.
@@ -25,7 +27,9 @@ from dataclasses import dataclass
 
 __all__ = ["FrameSampler", "dense_indices", "fps_indices", "multiview_indices", "segment_indices"]
 
-MODES = ("segment", "dense", "fps")
+MODES = ("segment", "dense", "window", "fps")
+#: The modes that read a run of frames at a fixed spacing and take ``stride`` / ``stride_fps``.
+WINDOW_MODES = ("dense", "window")
 OUT_OF_BOUNDS = ("clamp", "loop")
 
 
@@ -71,14 +75,19 @@ def dense_indices(
     _check_positive(num_frames=num_frames, clip_len=clip_len, stride=stride)
     if out_of_bounds not in OUT_OF_BOUNDS:
         raise ValueError(f"out_of_bounds must be one of {OUT_OF_BOUNDS}, got {out_of_bounds!r}")
-    slack = num_frames - _span(clip_len, stride)  # frames the window can move over
+    return _dense(num_frames, clip_len, stride, train, rng, out_of_bounds)
+
+
+def _dense(num_frames: int, clip_len: int, step: float, train: bool, rng, out_of_bounds: str = "clamp") -> list[int]:
+    """:func:`dense_indices` with a step that may be fractional (frame ``start + floor(k * step)``)."""
+    slack = num_frames - _span(clip_len, step)  # frames the window can move over
     if slack <= 0:
         start = 0
     elif train:
         start = _generator(rng).randint(0, slack)
     else:
         start = slack // 2
-    return _window(num_frames, start, clip_len, stride, out_of_bounds)
+    return _window(num_frames, start, clip_len, step, out_of_bounds)
 
 
 def multiview_indices(num_frames: int, num_views: int, clip_len: int, stride: int | None = None) -> list[list[int]]:
@@ -103,12 +112,17 @@ def multiview_indices(num_frames: int, num_views: int, clip_len: int, stride: in
     if stride is None:
         return [_segment_positions(num_frames, [(view + 0.5) / num_views] * clip_len) for view in range(num_views)]
     _check_positive(stride=stride)
-    slack = max(num_frames - _span(clip_len, stride), 0)
+    return _dense_views(num_frames, num_views, clip_len, stride)
+
+
+def _dense_views(num_frames: int, num_views: int, clip_len: int, step: float) -> list[list[int]]:
+    """The dense views of :func:`multiview_indices`, with a step that may be fractional."""
+    slack = max(num_frames - _span(clip_len, step), 0)
     if num_views == 1:
         starts = [slack // 2]
     else:
         starts = [round(view * slack / (num_views - 1)) for view in range(num_views)]
-    return [_window(num_frames, start, clip_len, stride, "clamp") for start in starts]
+    return [_window(num_frames, start, clip_len, step, "clamp") for start in starts]
 
 
 def fps_indices(
@@ -148,16 +162,21 @@ class FrameSampler:
     """How a dataset picks the frames of one video.
 
     Attributes:
-        mode: ``"segment"`` (:func:`segment_indices`), ``"dense"`` (:func:`dense_indices`)
-            or ``"fps"`` (:func:`fps_indices`).
+        mode: ``"segment"`` (:func:`segment_indices`), ``"dense"`` (:func:`dense_indices`),
+            ``"window"`` or ``"fps"`` (:func:`fps_indices`). ``"window"`` is PySlowFast's
+            clip sampling, which FROSTER uses: ``num_frames`` frames spread evenly over a
+            window of ``num_frames x stride`` frames, its first and last included (8 x 16:
+            128 frames, about 18.1 apart; ``"dense"`` puts them exactly 16 apart over 113).
+            Start, views and short videos are handled as in ``"dense"``.
         num_frames: frames per view. In ``"fps"`` mode the most frames returned
             (``None``: no limit).
-        stride: frame stride of ``"dense"`` mode; unused otherwise.
-        stride_fps: the frame rate ``stride`` counts frames at in ``"dense"`` mode, so a
+        stride: frame stride of the ``"dense"`` and ``"window"`` modes; unused otherwise.
+        stride_fps: the frame rate ``stride`` counts frames at in those modes, so a
             window lasts the same time whatever the video's rate: a video at ``fps``
-            uses ``round(stride * fps / stride_fps)`` (at least 1) of its own frames.
-            PySlowFast, and so FROSTER, counts at 30 fps (``TARGET_FPS``): 8 x 16 spans
-            4.3 s. ``None`` counts the video's own frames.
+            spaces its frames ``fps / stride_fps`` times as far (``"dense"`` rounds the
+            stride to a whole number of frames, at least 1). PySlowFast, and so FROSTER,
+            counts at 30 fps (``TARGET_FPS``): its 8 x 16 window lasts 4.3 s. ``None``
+            counts the video's own frames.
         fps: target frame rate of ``"fps"`` mode; must be ``None`` in the other modes.
         num_views: views per video. Evaluation returns :func:`multiview_indices`
             views; training returns that many independent random draws (normally 1).
@@ -188,8 +207,10 @@ class FrameSampler:
         elif self.fps is not None:
             raise ValueError(f"FrameSampler fps is only used by mode='fps', not mode={self.mode!r}")
         if self.stride_fps is not None:
-            if self.mode != "dense":
-                raise ValueError(f"FrameSampler stride_fps is only used by mode='dense', not mode={self.mode!r}")
+            if self.mode not in WINDOW_MODES:
+                raise ValueError(
+                    f"FrameSampler stride_fps is only used by modes {WINDOW_MODES}, not mode={self.mode!r}"
+                )
             _check_positive(stride_fps=self.stride_fps)
 
     def __call__(
@@ -197,31 +218,40 @@ class FrameSampler:
     ) -> list[list[int]]:
         """Views of frame indices for a video of ``num_frames_in_video`` frames at ``fps`` frames per second.
 
-        ``fps`` (the video's rate) is needed in ``"fps"`` mode, and in ``"dense"`` mode
-        with ``stride_fps``.
+        ``fps`` (the video's rate) is needed in ``"fps"`` mode, and with ``stride_fps``.
         """
         _check_positive(num_frames_in_video=num_frames_in_video)
+        frames, views = self.num_frames, self.num_views
         if self.mode == "fps":
             if fps is None or not fps > 0:
                 raise ValueError(f"FrameSampler mode='fps' needs the video's frame rate, got fps={fps}")
-            return [fps_indices(num_frames_in_video, fps, self.fps, max_frames=self.num_frames)[0]]
-        stride = self.video_stride(fps) if self.mode == "dense" else None
+            return [fps_indices(num_frames_in_video, fps, self.fps, max_frames=frames)[0]]
+        if self.mode == "segment":
+            if not train:
+                return multiview_indices(num_frames_in_video, views, frames)
+            return [segment_indices(num_frames_in_video, frames, True, rng) for _ in range(views)]
+        step = self.frame_step(fps)
         if not train:
-            return multiview_indices(num_frames_in_video, self.num_views, self.num_frames, stride)
-        if stride is None:
-            return [segment_indices(num_frames_in_video, self.num_frames, True, rng) for _ in range(self.num_views)]
-        return [dense_indices(num_frames_in_video, self.num_frames, stride, True, rng) for _ in range(self.num_views)]
+            return _dense_views(num_frames_in_video, views, frames, step)
+        return [_dense(num_frames_in_video, frames, step, True, rng) for _ in range(views)]
 
-    def video_stride(self, fps: float | None) -> int:
-        """The dense stride in the frames of a video at ``fps`` (see ``stride_fps``)."""
-        if self.stride_fps is None:
-            return self.stride
-        if fps is None or not fps > 0:
-            raise ValueError(
-                f"FrameSampler stride_fps={self.stride_fps} needs the video's frame rate, got fps={fps}; "
-                "set stride_fps to None to count the video's own frames"
-            )
-        return max(1, round(self.stride * fps / self.stride_fps))
+    def frame_step(self, fps: float | None) -> float:
+        """Frames between consecutive samples of a ``"dense"`` or ``"window"`` view, in the
+        frames of a video at ``fps`` (see ``mode`` and ``stride_fps``)."""
+        scale = 1.0
+        if self.stride_fps is not None:
+            if fps is None or not fps > 0:
+                raise ValueError(
+                    f"FrameSampler stride_fps={self.stride_fps} needs the video's frame rate, got fps={fps}; "
+                    "set stride_fps to None to count the video's own frames"
+                )
+            scale = fps / self.stride_fps
+        if self.mode == "dense":
+            return max(1, round(self.stride * scale))
+        if self.num_frames == 1:
+            return 1.0
+        # PySlowFast: linspace(start, start + window - 1, num_frames) over a window of num_frames x stride.
+        return (self.num_frames * self.stride * scale - 1) / (self.num_frames - 1)
 
 
 # --------------------------------------------------------------------------- helpers
@@ -239,13 +269,14 @@ def _segment_positions(num_frames: int, offsets: list[float]) -> list[int]:
     return [min(int((k + offset) * length), num_frames - 1) for k, offset in enumerate(offsets)]
 
 
-def _span(clip_len: int, stride: int) -> int:
-    """Frames covered by a window of ``clip_len`` frames ``stride`` apart."""
-    return (clip_len - 1) * stride + 1
+def _span(clip_len: int, step: float) -> int:
+    """Frames covered by a window of ``clip_len`` frames ``step`` apart."""
+    return math.floor((clip_len - 1) * step + 1e-9) + 1
 
 
-def _window(num_frames: int, start: int, clip_len: int, stride: int, out_of_bounds: str) -> list[int]:
-    positions = (start + k * stride for k in range(clip_len))
+def _window(num_frames: int, start: int, clip_len: int, step: float, out_of_bounds: str) -> list[int]:
+    # The tolerance keeps k * step from landing just below an integer through rounding.
+    positions = (start + math.floor(k * step + 1e-9) for k in range(clip_len))
     if out_of_bounds == "loop":
         return [position % num_frames for position in positions]
     return [min(position, num_frames - 1) for position in positions]

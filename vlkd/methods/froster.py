@@ -52,9 +52,9 @@ Where the paper is vague, this implementation chooses
   from 1).
 * The real-scale configs follow the authors' training scripts where the paper is
   silent: 32 clips per optimisation step (64 for Kinetics-400 cross-dataset and for
-  UCF101 base-to-novel), reached on one device by gradient accumulation; 8-frame
-  windows with frames 16 apart at 30 fps (random start in training, test views from
-  the start to the end of the video); training crops by short-side scale jitter (224
+  UCF101 base-to-novel), reached on one device by gradient accumulation; PySlowFast's
+  8 x 16 clips, 8 frames spread over 128 frames counted at 30 fps (random start in
+  training, test views from the start to the end of the video); training crops by short-side scale jitter (224
   to 256 pixels, then a random 224 crop) and flips. Their loader flips SSv2 clips too;
   the SSv2 config does not, since its labels name left and right. Their schedule
   warms up from, and decays to, 1 % of the peak learning rate (``min_lr_ratio: 0.01``).
