@@ -112,3 +112,43 @@ def test_export_refuses_to_overwrite_and_names_bad_input(exported, tmp_path, cap
     assert "is a file: the export is a folder" in capsys.readouterr().err
     with pytest.raises(MissingFileError, match="exported student config not found"):
         VideoCLIP.from_pretrained(tmp_path)
+
+
+def _authors_checkpoint(path, model: torch.nn.Module) -> None:
+    """A file in the layout of the FROSTER / Open-VCLIP releases: PySlowFast's {"model_state": ...},
+    the CLIP weights under "model." in OpenAI's keys, training-only projectors beside them."""
+    state = {f"model.{key}": value.clone() for key, value in model.state_dict().items()}
+    state["projector_v.0.weight"] = torch.zeros(4, 4)
+    state["raw_model.visual.proj"] = torch.zeros(4, 4)
+    torch.save({"model_state": state, "epoch": 22}, path)
+
+
+def test_an_authors_checkpoint_exports_as_their_video_student(tmp_path):
+    torch.manual_seed(0)
+    arch = "vlkd-synth-vit"  # a small architecture whose open_clip config uses GELU
+    source = open_clip.create_model(arch, pretrained=None)
+    assert not any(isinstance(module, open_clip.transformer.QuickGELU) for module in source.modules())
+    with torch.no_grad():  # weights no random init would give, so a silent fallback to one shows
+        for parameter in source.parameters():
+            parameter.add_(0.05)
+    _authors_checkpoint(tmp_path / "swa_2_22.pth", source)
+    assert main(["export", str(tmp_path / "swa_2_22.pth"), "--arch", arch, "--out", str(tmp_path / "authors")]) == 0
+    student = VideoCLIP.from_pretrained(tmp_path / "authors")
+    assert student.temporal == "neighbour_zeros"  # the authors' unmasked end padding
+    for key, value in source.state_dict().items():
+        torch.testing.assert_close(student.model.state_dict()[key], value, rtol=0, atol=0)
+    # OpenAI's weights, and so the authors', need QuickGELU.
+    assert any(isinstance(module, open_clip.transformer.QuickGELU) for module in student.model.modules())
+    saved = json.loads((tmp_path / "authors" / "open_clip_config.json").read_text())["vlkd"]
+    assert saved["left_out"] == ["projector_v", "raw_model"] and saved["templates"][0].startswith("a video")
+    with torch.no_grad():
+        assert student.encode_video(torch.rand(1, 3, 3, 64, 64)).shape == (1, 3, source.visual.output_dim)
+
+
+def test_an_authors_checkpoint_of_another_architecture_is_refused_by_name(tmp_path, capsys):
+    _authors_checkpoint(tmp_path / "swa.pth", open_clip.create_model(TINY, pretrained=None))
+    assert main(["export", str(tmp_path / "swa.pth"), "--arch", "ViT-B-16", "--out", str(tmp_path / "out")]) == 2
+    assert "does not hold the weights of this architecture" in capsys.readouterr().err
+    torch.save({"model_state": {"head.weight": torch.zeros(2)}}, tmp_path / "other.pth")
+    assert main(["export", str(tmp_path / "other.pth"), "--out", str(tmp_path / "out")]) == 2
+    assert "holds no 'model.' weights" in capsys.readouterr().err

@@ -11,6 +11,13 @@ templates and class descriptions in the config. The folder then loads three ways
 * ``open_clip.create_model_and_transforms("local-dir:" + folder)``: plain open_clip.
 
     vlkd export runs/froster_synth/lightning_logs/version_0/checkpoints/averaged.ckpt --out students/froster_synth
+
+It also converts the checkpoints the FROSTER (and Open-VCLIP) authors release, PySlowFast
+files such as ``swa_2_22.pth`` holding ``{"model_state": {"model.<OpenAI CLIP key>": ...}}``:
+the CLIP weights are kept (the training-only projectors are left out) and the student gets
+the authors' attention, ``temporal="neighbour_zeros"``, and the video prompt templates.
+
+    vlkd export swa_2_22.pth --arch ViT-B-16 --out students/froster_authors_k400
 """
 
 from __future__ import annotations
@@ -19,29 +26,46 @@ import argparse
 from collections.abc import Sequence
 from pathlib import Path
 
-from vlkd.errors import ConfigError
+from vlkd.errors import ConfigError, MissingFileError
 from vlkd.models.video_clip import CONFIG_FILE, WEIGHTS_FILE
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="vlkd export", description=__doc__.split("\n\n")[0])
-    parser.add_argument("checkpoint", help="the .ckpt file of a FROSTER or FineTuneCLIP run (e.g. averaged.ckpt)")
+    parser.add_argument("checkpoint", help="the .ckpt file of a FROSTER or FineTuneCLIP run (e.g. averaged.ckpt), "
+                        "or a .pth / .pyth checkpoint released by the FROSTER or Open-VCLIP authors")
     parser.add_argument("--out", required=True, help="folder to write the student to (created if missing)")
+    parser.add_argument("--arch", default="ViT-B-16",
+                        help="open_clip architecture of an authors' checkpoint (default ViT-B-16; unused for .ckpt)")
     parser.add_argument("--overwrite", action="store_true", help="replace a student already exported to --out")
     return parser
 
 
-def export_student(checkpoint: str | Path, out: str | Path, overwrite: bool = False) -> Path:
-    """Write the student of ``checkpoint`` to the folder ``out``; returns the folder."""
-    from vlkd.methods.checkpoints import load_video_method
-    from vlkd.teacher.factory import open_clip_model_config
+AUTHORS_SUFFIXES = (".pth", ".pyth")
 
+
+def _check_out(out: str | Path, overwrite: bool) -> Path:
     out = Path(out).expanduser()
     if out.exists() and not out.is_dir():
         raise ConfigError(f"--out {out} is a file: the export is a folder, pass a folder path")
     if not overwrite and any((out / name).exists() for name in (WEIGHTS_FILE, CONFIG_FILE)):
         raise ConfigError(f"{out} already holds an exported model: pass --overwrite to replace it, or another --out")
+    return out
+
+
+def export_student(checkpoint: str | Path, out: str | Path, overwrite: bool = False, arch: str = "ViT-B-16") -> Path:
+    """Write the student of ``checkpoint`` to the folder ``out``; returns the folder.
+
+    A ``.pth`` / ``.pyth`` file is read as an authors' checkpoint of architecture ``arch``
+    (:func:`export_authors_checkpoint`), anything else as a vlkd run's checkpoint.
+    """
+    from vlkd.methods.checkpoints import load_video_method
+    from vlkd.teacher.factory import open_clip_model_config
+
     checkpoint = Path(checkpoint).expanduser()
+    if checkpoint.suffix in AUTHORS_SUFFIXES:
+        return export_authors_checkpoint(checkpoint, out, arch, overwrite)
+    out = _check_out(out, overwrite)
     method = load_video_method(checkpoint)
     weights = method.initial_weights
     metadata = {
@@ -57,9 +81,57 @@ def export_student(checkpoint: str | Path, out: str | Path, overwrite: bool = Fa
     return method.student.save_pretrained(out, model_cfg, metadata)
 
 
+def export_authors_checkpoint(checkpoint: str | Path, out: str | Path, arch: str = "ViT-B-16",
+                              overwrite: bool = False) -> Path:
+    """Write the video student held by a FROSTER / Open-VCLIP authors' checkpoint to ``out``.
+
+    The file is a PySlowFast checkpoint (``{"model_state": state_dict}``) whose CLIP
+    weights sit under ``model.`` in OpenAI's key layout; other entries (the residual
+    projectors, a kept copy of the original CLIP) are training-only and left out. The
+    student gets ``temporal="neighbour_zeros"``, the authors' neighbour attention.
+    """
+    import open_clip
+    import torch
+
+    from vlkd.models.video_clip import VideoCLIP
+    from vlkd.teacher.factory import clip_from_openai_state_dict, open_clip_model_config, open_clip_preprocess
+    from vlkd.teacher.prompts import VIDEO_TEMPLATES
+
+    checkpoint = Path(checkpoint).expanduser()
+    if not checkpoint.is_file():
+        raise MissingFileError(checkpoint, "authors' checkpoint", "pass the .pth file they released, e.g. swa_2_22.pth")
+    out = _check_out(out, overwrite)
+    try:
+        saved = torch.load(checkpoint, map_location="cpu", weights_only=True)
+    except Exception as error:  # noqa: BLE001 - any unreadable file gets the same one-line reason
+        raise ConfigError(f"{checkpoint}: not a readable PyTorch checkpoint ({type(error).__name__}: {error})") from None
+    state = saved.get("model_state", saved) if isinstance(saved, dict) else {}
+    clip_state = {key[len("model."):]: value for key, value in state.items() if key.startswith("model.")}
+    if not clip_state:
+        raise ConfigError(
+            f"{checkpoint} holds no 'model.' weights: expected a FROSTER / Open-VCLIP checkpoint "
+            "({'model_state': {'model.visual.conv1.weight': ...}}), or pass a vlkd run's .ckpt"
+        )
+    model = clip_from_openai_state_dict(arch, clip_state, checkpoint)
+    student = VideoCLIP(model, open_clip_preprocess(model), open_clip.get_tokenizer(arch), temporal="neighbour_zeros")
+    left_out = sorted({key.split(".")[0] for key in state if not key.startswith("model.")})
+    metadata = {
+        "method": "FROSTER",
+        "source_checkpoint": checkpoint.name,
+        "source_format": "authors' PySlowFast checkpoint",
+        "left_out": left_out,
+        "initial_weights": {"name": arch, "pretrained": "openai"},
+        "pooling": "logits",
+        "logit_scale": float(model.logit_scale.detach().exp()),
+        "templates": list(VIDEO_TEMPLATES),
+        "class_descriptions": {},
+    }
+    return student.save_pretrained(out, open_clip_model_config(arch, model), metadata)
+
+
 def main(argv: Sequence[str]) -> int:
     args = build_parser().parse_args(list(argv))
-    folder = export_student(args.checkpoint, args.out, args.overwrite)
+    folder = export_student(args.checkpoint, args.out, args.overwrite, args.arch)
     print(f"wrote {folder / WEIGHTS_FILE} and {folder / CONFIG_FILE}\n"
           f"load it with vlkd.models.VideoCLIP.from_pretrained({str(folder)!r}) (video student) "
           f"or vlkd.create_teacher({str(folder)!r}) (frame by frame)")

@@ -149,7 +149,7 @@ def _load_open_clip(name: str, pretrained: str | None, cache_dir: str | None, of
     else:
         log.warning("teacher %s has random weights (no pretrained given)", name)
     tokenizer = open_clip.get_tokenizer(name)
-    return OpenCLIPAdapter(model, tokenizer, _open_clip_preprocess(model))
+    return OpenCLIPAdapter(model, tokenizer, open_clip_preprocess(model))
 
 
 def is_torchscript_archive(path: str | Path) -> bool:
@@ -172,16 +172,34 @@ def _load_torchscript_weights(model: torch.nn.Module, path: str) -> None:
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", category=FutureWarning)  # jit.load's deprecation: the format is OpenAI's
         archive = torch.jit.load(path, map_location="cpu")
-    # OpenAI's archives also hold three ints; a traced open_clip model also holds the
-    # buffers open_clip keeps out of its state dict (the text attention mask).
+    load_openai_state_dict(model, archive.state_dict(), path)
+
+
+def clip_from_openai_state_dict(name: str, state_dict: dict, source: str | Path) -> torch.nn.Module:
+    """The open_clip architecture ``name``, with QuickGELU as OpenAI's weights need, holding ``state_dict``
+    (OpenAI's key layout, e.g. from a checkpoint of a model fine-tuned from them)."""
+    _check_architecture(name)
+    with _no_random_init_warning(enabled=True):
+        model = open_clip.create_model(name, pretrained=None, force_quick_gelu=True)
+    load_openai_state_dict(model, state_dict, source)
+    return model
+
+
+def load_openai_state_dict(model: torch.nn.Module, state_dict: dict, source: str | Path) -> None:
+    """Load a state dict in OpenAI's CLIP key layout (which open_clip's ``CLIP`` shares) into ``model``, strictly.
+
+    OpenAI's files also hold three ints (``input_resolution``, ``context_length``,
+    ``vocab_size``), and a traced open_clip model the buffers open_clip keeps out of its
+    state dict (the text attention mask): those are skipped. ``source`` names the file in
+    the error raised when the weights do not fit the architecture.
+    """
     non_persistent = {name for name, _ in model.named_buffers()} - set(model.state_dict())
     skip = {"input_resolution", "context_length", "vocab_size", *non_persistent}
-    state_dict = {key: value for key, value in archive.state_dict().items() if key not in skip}
     try:
-        model.load_state_dict(state_dict, strict=True)
+        model.load_state_dict({key: value for key, value in state_dict.items() if key not in skip}, strict=True)
     except RuntimeError as error:
         raise ConfigError(
-            f"{path} does not hold the weights of this architecture ({' '.join(str(error).split())[:300]}): "
+            f"{source} does not hold the weights of this architecture ({' '.join(str(error).split())[:300]}): "
             "name the architecture the file was saved from, e.g. ViT-B-16 for OpenAI's ViT-B-16.pt"
         ) from None
 
@@ -202,7 +220,7 @@ def _no_random_init_warning(enabled: bool):
         root.removeFilter(drop)
 
 
-def _open_clip_preprocess(model) -> PreprocessConfig:
+def open_clip_preprocess(model) -> PreprocessConfig:
     cfg = getattr(model.visual, "preprocess_cfg", {}) or {}
     size = cfg.get("size", model.visual.image_size)
     size = size[0] if isinstance(size, (tuple, list)) else size
@@ -295,7 +313,7 @@ def _load_open_clip_folder(folder: Path) -> OpenCLIPAdapter:
     # file next to it (safetensors preferred, else torch.load with weights_only).
     arch = f"local-dir:{folder.resolve()}"
     model = open_clip.create_model(arch, weights_only=True)
-    return OpenCLIPAdapter(model, open_clip.get_tokenizer(arch), _open_clip_preprocess(model))
+    return OpenCLIPAdapter(model, open_clip.get_tokenizer(arch), open_clip_preprocess(model))
 
 
 def _load_hf_folder(folder: Path) -> HFCLIPAdapter:
