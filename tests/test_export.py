@@ -143,6 +143,10 @@ def test_an_authors_checkpoint_exports_as_their_video_student(tmp_path):
     assert saved["left_out"] == ["projector_v", "raw_model"] and saved["templates"][0].startswith("a video")
     with torch.no_grad():
         assert student.encode_video(torch.rand(1, 3, 3, 64, 64)).shape == (1, 3, source.visual.output_dim)
+    # `vlkd test --config configs/froster_*.yaml --model.init_args.teacher.name <folder>` scores these weights:
+    method = FROSTER(teacher=TeacherSpec(str(tmp_path / "authors"), None), temporal="neighbour_zeros")
+    for key, value in source.state_dict().items():
+        torch.testing.assert_close(method.student.model.state_dict()[key], value, rtol=0, atol=0)
 
 
 def test_an_authors_checkpoint_of_another_architecture_is_refused_by_name(tmp_path, capsys):
