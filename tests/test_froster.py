@@ -413,11 +413,14 @@ AUTHORS_BATCH = {"froster_k400": 64, "froster_k400_b2n": 32, "froster_hmdb_b2n":
 
 
 @pytest.mark.parametrize("name", sorted(AUTHORS_BATCH))
-def test_real_scale_configs_keep_the_authors_batch(name):
+def test_real_scale_configs_keep_the_authors_batch_and_averaging(name):
     config = yaml.safe_load((REPO / "configs" / f"{name}.yaml").read_text())
     trainer, data = config["trainer"], config["data"]["init_args"]
     clips_per_step = data["batch_size"] * trainer["devices"] * trainer.get("accumulate_grad_batches", 1)
     assert clips_per_step == AUTHORS_BATCH[name]
+    # The authors average their checkpoints 2..last, numbered from 1: 0-based epochs 1..last.
+    (averaging,) = [c for c in trainer["callbacks"] if c["class_path"].endswith("EpochWeightAveraging")]
+    assert averaging["init_args"]["start_epoch"] == 1
 
 
 def test_fit_then_test_from_the_averaged_checkpoint(world, tmp_path):
