@@ -25,6 +25,7 @@ from vlkd.data.annotations import read_annotations, read_class_names
 from vlkd.data.datasets import VideoClipDataset, collate_clips
 from vlkd.data.sampling import FrameSampler
 from vlkd.data.splits import load_base2novel, load_zero_shot
+from vlkd.data.transforms import check_scale_jitter
 from vlkd.errors import ConfigError, MissingFileError
 
 
@@ -158,11 +159,8 @@ class VideoDataModule(pl.LightningDataModule):
         self.eval_sampler = FrameSampler(**frames, num_views=test_views)
         self.image_size = image_size
         self.flip = flip
-        if scale_jitter is not None and not image_size <= scale_jitter[0] <= scale_jitter[1]:
-            raise ConfigError(
-                f"data.scale_jitter {list(scale_jitter)} must run from at least image_size ({image_size}) "
-                f"upwards, e.g. [{image_size}, {round(image_size * 8 / 7)}]"
-            )
+        if scale_jitter is not None:
+            check_scale_jitter(image_size, scale_jitter)
         self.scale_jitter = None if scale_jitter is None else tuple(scale_jitter)
         self.batch_size = batch_size
         self.eval_batch_size = eval_batch_size or batch_size

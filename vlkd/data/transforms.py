@@ -13,6 +13,8 @@ import random
 import torch
 import torch.nn.functional as F
 
+from vlkd.errors import ConfigError
+
 
 def resize_short_side(video: torch.Tensor, size: int, mode: str = "bilinear") -> torch.Tensor:
     """Resize (..., C, H, W) so the shorter side equals ``size``, keeping the aspect ratio."""
@@ -69,6 +71,15 @@ def random_resized_crop(
     return out.reshape(*crop.shape[:-2], size, size)
 
 
+def check_scale_jitter(size: int, scales: tuple[int, int]) -> None:
+    """Raise :class:`~vlkd.errors.ConfigError` unless ``size <= scales[0] <= scales[1]``."""
+    if not size <= scales[0] <= scales[1]:
+        raise ConfigError(
+            f"scale_jitter {list(scales)} must run from at least image_size ({size}, the crop size) upwards, "
+            f"e.g. [{size}, {round(size * 8 / 7)}]"
+        )
+
+
 def scale_jitter_crop(video: torch.Tensor, size: int, rng: random.Random, scales: tuple[int, int]) -> torch.Tensor:
     """Shorter side resized to a random length in ``scales`` (inclusive), then one random ``size`` crop.
 
@@ -76,10 +87,8 @@ def scale_jitter_crop(video: torch.Tensor, size: int, rng: random.Random, scales
     FROSTER trains with: ``scales=(224, 256)`` for 224-pixel crops. It keeps at least
     ``size / scales[1]`` of the shorter side, a milder crop than :func:`random_resized_crop`.
     """
-    low, high = scales
-    if not size <= low <= high:
-        raise ValueError(f"scale jitter range {scales} must satisfy {size} (crop size) <= low <= high")
-    video = resize_short_side(video, rng.randint(low, high))
+    check_scale_jitter(size, scales)
+    video = resize_short_side(video, rng.randint(*scales))
     height, width = video.shape[-2:]
     top, left = rng.randint(0, height - size), rng.randint(0, width - size)
     return video[..., top : top + size, left : left + size]
