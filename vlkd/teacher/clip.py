@@ -19,16 +19,21 @@ from torch import nn
 from vlkd.data.transforms import eval_transform
 from vlkd.teacher.backends import CLIPAdapter, PreprocessConfig
 from vlkd.teacher.prompts import resolve_templates
+from vlkd.teacher.protocol import TeacherIdentity, TeacherMixin, weights_sha256
+from vlkd.teacher.regions import RegionCrop, crop_regions
 
 _PRECISIONS = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
 
 
-class FrozenCLIP(nn.Module):
-    """A frozen CLIP model with prompt-ensembled, cached text embeddings.
+class FrozenCLIP(TeacherMixin, nn.Module):
+    """A frozen CLIP model with prompt-ensembled, cached text embeddings: the in-process
+    :class:`~vlkd.teacher.protocol.Teacher`.
 
     Args:
         adapter: the wrapped model (open_clip or Hugging Face).
         name: an identifier of model and weights, part of the text-cache key.
+        model: the architecture name or folder it was built from (for :attr:`identity`).
+        pretrained: the pretrained tag or checkpoint it was built from (for :attr:`identity`).
         precision: ``"fp32"``, ``"bf16"`` or ``"fp16"``; lower precisions run the
             towers under autocast and return float32 embeddings.
         frame_chunk: at most this many images go through the image tower at once,
@@ -45,6 +50,8 @@ class FrozenCLIP(nn.Module):
         frame_chunk: int = 256,
         save_weights: bool = False,
         text_cache_size: int = 32,
+        model: str | None = None,
+        pretrained: str | None = None,
     ):
         super().__init__()
         if precision not in _PRECISIONS:
@@ -55,6 +62,9 @@ class FrozenCLIP(nn.Module):
         self.frame_chunk = frame_chunk
         self.save_weights = save_weights
         self.text_cache_size = text_cache_size
+        self.model_name = model or name
+        self.pretrained = pretrained
+        self._identity: TeacherIdentity | None = None
         self._text_cache: OrderedDict[tuple, torch.Tensor] = OrderedDict()
         self.text_cache_hits = 0
         self.text_cache_misses = 0
@@ -92,6 +102,18 @@ class FrozenCLIP(nn.Module):
         """The learned temperature (``exp`` already applied), e.g. 100.0 for OpenAI's weights."""
         return float(self.adapter.logit_scale())
 
+    @property
+    def identity(self) -> TeacherIdentity:
+        """Which weights this teacher runs (their hash is computed once, on first use)."""
+        if self._identity is None:
+            cfg = self.preprocess
+            self._identity = TeacherIdentity(
+                model=self.model_name, pretrained=self.pretrained, weights_sha256=weights_sha256(self.adapter),
+                embed_dim=self.embed_dim, image_size=self.image_size, mean=tuple(cfg.mean), std=tuple(cfg.std),
+                interpolation=cfg.interpolation, logit_scale=self.logit_scale,
+            )
+        return self._identity
+
     def _autocast(self, device: torch.device):
         dtype = _PRECISIONS[self.precision]
         return torch.autocast(device.type, dtype=dtype, enabled=dtype is not None)
@@ -112,20 +134,36 @@ class FrozenCLIP(nn.Module):
         """(B, C, H, W) pixels in [0, 1] -> (B, D) L2-normalised embeddings (float32)."""
         if images.ndim != 4 or images.shape[1] != 3:
             raise ValueError(f"encode_images expects (B, 3, H, W) pixels in [0, 1], got shape {tuple(images.shape)}")
+        return torch.cat([self.embed_normalized(self.normalize_pixels(chunk)) for chunk in images.split(self.frame_chunk)])
+
+    @torch.no_grad()
+    def embed_normalized(self, pixels: torch.Tensor) -> torch.Tensor:
+        """(B, 3, S, S) pixels already through :meth:`normalize_pixels` -> (B, D) L2-normalised embeddings.
+
+        The server normalises each request on its own and batches the results through this.
+        """
         outputs = []
-        for chunk in images.split(self.frame_chunk):
+        for chunk in pixels.split(self.frame_chunk):
             with self._autocast(chunk.device):
-                features = self.adapter.image_features(self.normalize_pixels(chunk))
+                features = self.adapter.image_features(chunk)
             outputs.append(F.normalize(features.float(), dim=-1))
         return torch.cat(outputs)
 
+    def region_pixels(self, images, boxes: torch.Tensor, crop: RegionCrop | None = None) -> torch.Tensor:
+        """(M, 3, S, S) the crops of ``boxes`` (see :meth:`encode_regions`) at the model's size, in [0, 1]."""
+        crops = crop_regions(images, boxes, crop)
+        mode = self.preprocess.interpolation
+        return torch.stack([eval_transform(region, self.image_size, mode=mode) for region in crops])
+
     @torch.no_grad()
-    def encode_frames(self, video: torch.Tensor) -> torch.Tensor:
-        """(B, T, C, H, W) frames in [0, 1] -> (B, T, D) per-frame L2-normalised embeddings."""
-        if video.ndim != 5:
-            raise ValueError(f"encode_frames expects (B, T, C, H, W) frames, got shape {tuple(video.shape)}")
-        batch, frames = video.shape[:2]
-        return self.encode_images(video.flatten(0, 1)).view(batch, frames, -1)
+    def encode_regions(self, images, boxes: torch.Tensor, crop: RegionCrop | None = None) -> torch.Tensor:
+        """Embeddings of image regions: (M, D) for (M, 5) ``boxes`` rows ``[image, x0, y0, x1, y1]``.
+
+        ``images`` is (B, 3, H, W) in [0, 1] or a list of (3, H_i, W_i); each box is cut out by
+        ``crop``'s rule (:class:`~vlkd.teacher.regions.RegionCrop`: enlarging, minimum size,
+        square padding), resized as CLIP's preprocessing does, and embedded.
+        """
+        return self.encode_images(self.region_pixels(images, boxes, crop))
 
     # -- text -------------------------------------------------------------------
     @torch.no_grad()

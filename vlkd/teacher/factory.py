@@ -105,7 +105,8 @@ def create_teacher(
     else:
         adapter = _load_open_clip(name, pretrained, cache_dir, offline)
         identity = f"{name}:{pretrained}"
-    teacher = FrozenCLIP(adapter, identity, precision=precision, frame_chunk=frame_chunk, save_weights=save_weights)
+    teacher = FrozenCLIP(adapter, identity, precision=precision, frame_chunk=frame_chunk, save_weights=save_weights,
+                         model=name, pretrained=None if path.is_dir() else pretrained)
     return teacher.to(device)
 
 
