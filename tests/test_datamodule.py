@@ -104,6 +104,25 @@ def test_training_augmentation_differs_between_draws_evaluation_does_not(colour_
     assert torch.equal(evaluation[1]["video"], evaluation[1]["video"])
 
 
+@pytest.mark.parametrize("scale_jitter", [None, (32, 40)])
+def test_a_drawn_view_is_stored_and_cut_again_exactly(colour_world, scale_jitter):
+    """A training item is a drawn view; the view's frames and crop, replayed, give the same pixels."""
+    import random
+
+    from vlkd.data.datasets import ClipView
+
+    dm = _datamodule(colour_world, scale_jitter=scale_jitter, flip=True)
+    dm.setup("fit")
+    dataset = dm.train_dataset
+    for seed in range(6):
+        video, view = dataset.draw_view(1, random.Random(seed))
+        torch.testing.assert_close(dataset.replay_view(1, ClipView.from_tensors(view.to_tensors())), video,
+                                   rtol=0, atol=0)
+        assert torch.equal(dataset._load(1, random.Random(seed))["video"], video)  # training draws the same view
+    _, evaluation_view = dataset.draw_view(1, None, evaluation=True)
+    assert evaluation_view.crop.box[2:] == (32, 32) and not evaluation_view.crop.flip
+
+
 def test_no_flip_keeps_left_right_order_flip_sometimes_mirrors():
     import random
 

@@ -4,12 +4,18 @@ Unreadable videos never cost an epoch: :class:`VideoClipDataset` catches
 :class:`~vlkd.errors.VideoReadError`, draws another sample in its place, and
 returns the skipped paths with the batch, so the training module can count and
 report them at the end of the epoch even when decoding ran in worker processes.
+
+A training view is a :class:`ClipView` (frame indices and a crop), drawn first
+and then cut, so it can be stored and cut again: ``vlkd cache`` stores the views
+it showed the teacher, and a dataset given that cache (``teacher_cache``) replays
+one of them each time, with the teacher's outputs for exactly those pixels.
 """
 
 from __future__ import annotations
 
 import random
 from collections.abc import Sequence
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import torch
@@ -17,9 +23,25 @@ from torch.utils.data import Dataset
 
 from vlkd.data.annotations import VideoSample
 from vlkd.data.sampling import FrameSampler
-from vlkd.data.transforms import eval_transform, train_transform
+from vlkd.data.transforms import CropParams, apply_crop, eval_crop, eval_transform, sample_train_crop
 from vlkd.data.video import read_clip
 from vlkd.errors import VideoReadError, VlkdError
+
+
+@dataclass(frozen=True)
+class ClipView:
+    """One view of a video: which frames, then which crop (:class:`~vlkd.data.transforms.CropParams`)."""
+
+    frames: tuple[int, ...]
+    crop: CropParams
+
+    def to_tensors(self) -> dict[str, torch.Tensor]:
+        return {"frames": torch.tensor(self.frames, dtype=torch.int32),
+                "crop": torch.tensor(self.crop.to_list(), dtype=torch.int32)}
+
+    @classmethod
+    def from_tensors(cls, tensors: dict[str, torch.Tensor]) -> ClipView:
+        return cls(tuple(int(i) for i in tensors["frames"].tolist()), CropParams.from_list(tensors["crop"].tolist()))
 
 
 class TooManyUnreadableVideos(VlkdError):
@@ -81,6 +103,8 @@ class VideoClipDataset(Dataset):
         self.backend = backend
         self.max_consecutive_failures = max_consecutive_failures
         self.seed = seed
+        # A vlkd.teacher.cache.TeacherCache whose stored views training replays (set by the data module).
+        self.teacher_cache = None
 
     def __len__(self) -> int:
         return len(self.samples)
@@ -112,24 +136,67 @@ class VideoClipDataset(Dataset):
 
     def _load(self, index: int, rng: random.Random) -> dict:
         sample = self.samples[index]
+        if self.train and self.teacher_cache is not None:
+            return self._load_cached(index, rng)
+        if self.train:
+            video, _ = self.draw_view(index, rng)
+            return {"video": video, "label": sample.label}
 
         def choose(info) -> list[list[int]]:
-            return self.sampler(info.num_frames, info.fps, train=self.train, rng=rng)
+            return self.sampler(info.num_frames, info.fps, train=False, rng=rng)
 
         views = read_clip(self.root / sample.path, choose, backend=self.backend)  # V x (T, C, H, W) uint8
-        clips = torch.stack(views).float().div_(255.0)
-        if self.train:
-            video = train_transform(clips[0], self.image_size, rng, flip=self.flip, scale_jitter=self.scale_jitter)
+        return {"video": eval_transform(torch.stack(views).float().div_(255.0), self.image_size),
+                "label": sample.label}
+
+    def draw_view(self, index: int, rng: random.Random, evaluation: bool = False) -> tuple[torch.Tensor, ClipView]:
+        """Decode sample ``index`` and draw one view: (T, C, H, W) pixels in [0, 1] and the :class:`ClipView`.
+
+        A training view (random frames, crop and flip, as training draws them), or with
+        ``evaluation`` the deterministic single evaluation view (centred frames and crop).
+        """
+        chosen: list[int] = []
+
+        def choose(info) -> list[list[int]]:
+            if evaluation:
+                views = replace(self.sampler, num_views=1)(info.num_frames, info.fps, train=False)
+            else:
+                views = self.sampler(info.num_frames, info.fps, train=True, rng=rng)
+            chosen.extend(views[0])
+            return views[:1]
+
+        (frames,) = read_clip(self.path_of(index), choose, backend=self.backend)
+        frames = frames.float().div_(255.0)
+        height, width = frames.shape[-2:]
+        if evaluation:
+            crop = eval_crop(height, width, self.image_size)
         else:
-            video = eval_transform(clips, self.image_size)
-        return {"video": video, "label": sample.label}
+            crop = sample_train_crop(height, width, self.image_size, rng, self.flip, self.scale_jitter)
+        return apply_crop(frames, crop), ClipView(tuple(chosen), crop)
+
+    def replay_view(self, index: int, view: ClipView) -> torch.Tensor:
+        """(T, C, H, W) the pixels of a stored view of sample ``index``: the same frames, the same crop."""
+        (frames,) = read_clip(self.path_of(index), lambda info: [list(view.frames)], backend=self.backend)
+        return apply_crop(frames.float().div_(255.0), view.crop)
+
+    def _load_cached(self, index: int, rng: random.Random) -> dict:
+        cache = self.teacher_cache
+        if not cache.has(index):
+            raise VideoReadError(self.path_of(index), "not in the teacher cache (it was unreadable when the cache was built)")
+        view_index = rng.randrange(cache.views)
+        view = ClipView.from_tensors(cache.view(index, view_index))
+        return {"video": self.replay_view(index, view), "label": self.samples[index].label,
+                "teacher": cache.targets(index, view_index)}
 
 
 def collate_clips(items: list[dict]) -> dict:
-    """Stack videos and labels; concatenate the skipped-path lists."""
-    return {
+    """Stack videos, labels and cached teacher outputs; concatenate the skipped-path lists."""
+    batch = {
         "video": torch.stack([item["video"] for item in items]),
         "label": torch.tensor([item["label"] for item in items], dtype=torch.long),
         "index": torch.tensor([item["index"] for item in items], dtype=torch.long),
         "skipped": [path for item in items for path in item["skipped"]],
     }
+    if "teacher" in items[0]:
+        batch["teacher"] = {name: torch.stack([item["teacher"][name] for item in items]) for name in items[0]["teacher"]}
+    return batch
