@@ -99,3 +99,33 @@ def write_openai_style_archive(arch: str, path):
         warnings.simplefilter("ignore")  # the tracer's notes on Python control flow
         torch.jit.trace(model, inputs, strict=False, check_trace=False).save(str(path))
     return model
+
+
+def free_port() -> int:
+    """A TCP port on the loopback interface that nothing listens on right now."""
+    import socket
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+@pytest.fixture(scope="session")
+def ray_serve():
+    """One Ray instance and one Serve HTTP proxy on loopback, shared by every test that needs them.
+
+    Each start costs seconds, and Ray by default reserves a third of the machine's memory for
+    its object store: two CPUs and a small store are enough for the test teachers. Tests deploy
+    their own applications under their own route prefixes; yields the proxy's base URL.
+    """
+    pytest.importorskip("ray.serve", reason="the teacher service tests need vlkd[serve]")
+    import ray
+    from ray import serve
+
+    port = free_port()
+    ray.init(num_cpus=2, object_store_memory=128 * 2**20, include_dashboard=False, log_to_driver=False,
+             configure_logging=False)
+    serve.start(http_options={"host": "127.0.0.1", "port": port})
+    yield f"http://127.0.0.1:{port}"
+    serve.shutdown()
+    ray.shutdown()

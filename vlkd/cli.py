@@ -36,6 +36,8 @@ EXTRA_COMMANDS: dict[str, tuple[str, str]] = {
     "encode": ("vlkd.commands.encode", "dense per-frame features of long videos with ResidualViT (or the full ViT)"),
     "demo": ("vlkd.commands.demo", "a local web page for zero-shot action queries on a video (needs vlkd[demo])"),
     "export": ("vlkd.commands.export", "write a trained video student (FROSTER, fine-tuning) as an open_clip weights folder"),
+    "serve": ("vlkd.commands.serve", "serve a frozen CLIP teacher over HTTP with dynamic batching (needs vlkd[serve])"),
+    "cache": ("vlkd.commands.cache", "compute a config's teacher outputs once, for training to read back (--verify checks one)"),
 }
 
 
@@ -55,9 +57,8 @@ def _usage() -> str:
     return "\n".join(lines)
 
 
-def run_lightning(argv: Sequence[str]) -> None:
-    """Run Lightning's CLI (subclass mode) on ``argv`` = ``[subcommand, *options]``."""
-    import lightning.pytorch as pl
+def _lightning_cli_class():
+    """vlkd's LightningCLI: the final test after fit, and one-line errors for configs that do not build."""
     from lightning.pytorch.cli import LightningCLI
 
     # Importing the packages registers vlkd's modules as subclasses, so configs
@@ -84,20 +85,37 @@ def run_lightning(argv: Sequence[str]) -> None:
                     raise
                 raise ConfigError(f"cannot build the objects of this config: {one_line(str(error))}") from None
 
+    return VlkdLightningCLI
+
+
+def _make_cli(argv: Sequence[str], **kwargs):
+    import lightning.pytorch as pl
+
     saved_argv = sys.argv
     sys.argv = ["vlkd", *argv]  # LightningCLI reads sys.argv; this keeps `main(argv)` callable from Python
     try:
-        VlkdLightningCLI(
+        return _lightning_cli_class()(
             pl.LightningModule,
             pl.LightningDataModule,
             subclass_mode_model=True,
             subclass_mode_data=True,
             parser_kwargs={"exit_on_error": False},
-            save_config_kwargs={"overwrite": True},
             auto_configure_optimizers=False,
+            **kwargs,
         )
     finally:
         sys.argv = saved_argv
+
+
+def run_lightning(argv: Sequence[str]) -> None:
+    """Run Lightning's CLI (subclass mode) on ``argv`` = ``[subcommand, *options]``."""
+    _make_cli(argv, save_config_kwargs={"overwrite": True})
+
+
+def build_from_config(argv: Sequence[str]):
+    """The model, data module and trainer a config describes, built but not run (``--config`` and overrides
+    as for ``vlkd fit``); returns the LightningCLI, whose ``config`` holds the resolved settings."""
+    return _make_cli(argv, run=False, save_config_callback=None)
 
 
 _NOISE = re.compile(

@@ -3,7 +3,9 @@
 Each frame is embedded by the frozen image tower, compared with the
 prompt-ensembled class embeddings, and the per-frame logits are averaged over
 time (and over temporal views). Nothing is trained; run it with
-``vlkd validate`` or ``vlkd test``.
+``vlkd validate`` or ``vlkd test``. The teacher may be in-process or a ``vlkd serve``
+server (``--model.init_args.teacher_service.url``), which must serve the model and
+pretrained tag that ``teacher`` names.
 """
 
 from __future__ import annotations
@@ -11,7 +13,7 @@ from __future__ import annotations
 import torch
 
 from vlkd.methods.base import VideoMethod
-from vlkd.teacher import TeacherSpec
+from vlkd.teacher import TeacherServiceSpec, TeacherSpec
 
 
 class ZeroShotCLIP(VideoMethod):
@@ -20,12 +22,18 @@ class ZeroShotCLIP(VideoMethod):
     Args:
         teacher: which CLIP weights to use.
         templates: prompt template set name (``video``, ``photo``) or a list of templates.
+        teacher_service: evaluate the teacher served at ``url`` instead of loading it here.
     """
 
-    def __init__(self, teacher: TeacherSpec | None = None, templates: str | list[str] = "video"):
+    def __init__(self, teacher: TeacherSpec | None = None, templates: str | list[str] = "video",
+                 teacher_service: TeacherServiceSpec | None = None):
         super().__init__()
         self.save_hyperparameters()
-        self.teacher = (teacher or TeacherSpec()).build()
+        teacher = teacher or TeacherSpec()
+        if teacher_service is not None and teacher_service.url:
+            self.teacher = teacher_service.build(expect_name=(teacher.name, teacher.pretrained))
+        else:
+            self.teacher = teacher.build()
         self.templates = templates
 
     def classify(self, video: torch.Tensor, class_names: list[str]) -> torch.Tensor:
