@@ -15,6 +15,7 @@ names each dataloader must be classified against.
 
 from __future__ import annotations
 
+import hashlib
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -24,7 +25,7 @@ from torch.utils.data import DataLoader
 from vlkd.data.annotations import read_annotations, read_class_names
 from vlkd.data.datasets import VideoClipDataset, collate_clips
 from vlkd.data.sampling import FrameSampler
-from vlkd.data.splits import load_base2novel, load_zero_shot
+from vlkd.data.splits import base2novel_files, load_base2novel, load_zero_shot
 from vlkd.data.transforms import check_scale_jitter
 from vlkd.errors import ConfigError, MissingFileError
 
@@ -119,6 +120,10 @@ class VideoDataModule(pl.LightningDataModule):
         num_workers: decoding worker processes.
         backend: video decoding backend (``decord``, ``pyav``, ``torchcodec``; ``None``: default).
         seed: base seed for sampling and augmentation.
+        teacher_cache: a folder written by ``vlkd cache`` for this config: training replays its
+            stored views and takes the teacher's outputs from it instead of running the teacher.
+            A cache built for other data (list, sampling, crop settings) is refused, naming
+            the setting that differs.
     """
 
     def __init__(
@@ -141,6 +146,7 @@ class VideoDataModule(pl.LightningDataModule):
         num_workers: int = 4,
         backend: str | None = None,
         seed: int = 0,
+        teacher_cache: str | None = None,
     ):
         super().__init__()
         if base2novel is not None and train_list is not None:
@@ -167,6 +173,9 @@ class VideoDataModule(pl.LightningDataModule):
         self.num_workers = num_workers
         self.backend = backend
         self.seed = seed
+        self.teacher_cache = teacher_cache
+        self.teacher_cache_reader = None  # the opened cache, once set up
+        self.train_list_file: Path | None = None
         self.train_dataset: VideoClipDataset | None = None
         self.eval_datasets: list[VideoClipDataset] = []
         self.eval_sets: list[EvalSet] = []
@@ -197,6 +206,7 @@ class VideoDataModule(pl.LightningDataModule):
         if self.base2novel is not None:
             spec = self.base2novel
             split = load_base2novel(spec.dataset, spec.seed, spec.split_dir, spec.train_list)
+            self.train_list_file = base2novel_files(spec.dataset, spec.seed, spec.split_dir, spec.train_list).train_list
             self.train_classes = split.base_classes
             self.train_dataset = self._dataset(self.root, split.train, split.base_classes, train=True)
             self._add_eval("base", split.base_classes, self.root, split.base_val, "base")
@@ -204,6 +214,7 @@ class VideoDataModule(pl.LightningDataModule):
         elif self.train_list is not None:
             self.train_classes = read_class_names(self.train_classes_file)
             samples = read_annotations(self.train_list)
+            self.train_list_file = Path(self.train_list).expanduser()
             self.train_dataset = self._dataset(self.root, samples, self.train_classes, train=True)
         for spec in self.zero_shot:
             root = Path(spec.root).expanduser()
@@ -212,6 +223,47 @@ class VideoDataModule(pl.LightningDataModule):
             for split in spec.splits:
                 class_names, samples = load_zero_shot(spec.dataset, split, spec.split_dir)
                 self._add_eval(f"{spec.dataset}_s{split}", class_names, root, samples, "zero_shot", spec.dataset)
+
+        self._open_teacher_cache()
+
+    def _open_teacher_cache(self) -> None:
+        if self.teacher_cache is None or self.teacher_cache_reader is not None or self.train_dataset is None:
+            return
+        from vlkd.teacher.cache import TeacherCache
+
+        reader = TeacherCache(self.teacher_cache)
+        reader.check_data(self.cache_fingerprint())
+        self.train_dataset.teacher_cache = reader
+        self.teacher_cache_reader = reader
+
+    def cache_fingerprint(self) -> dict:
+        """What a ``vlkd cache`` of this training set depends on: the list (by content), the sampling and the crops.
+
+        A cache is valid for a run exactly when these agree (``sources`` only says where
+        the list was read from, and may differ).
+        """
+        dataset = self.train_dataset
+        if not isinstance(dataset, VideoClipDataset):
+            raise ConfigError(
+                f"{type(self).__name__} trains on {type(dataset).__name__}, which vlkd cache cannot replay: "
+                "cache a data module that reads a video list (base2novel or train_list)"
+            )
+        if dataset.sampler.mode == "fps":
+            raise ConfigError("sampling 'fps' gives clips of varying length, which vlkd cache cannot store")
+        listing = "\n".join(f"{sample.path}\t{sample.label}" for sample in dataset.samples)
+        sampler = dataset.sampler
+        return {
+            "train_samples_sha256": hashlib.sha256(listing.encode("utf-8")).hexdigest(),
+            "train_classes_sha256": hashlib.sha256("\n".join(self.train_classes).encode("utf-8")).hexdigest(),
+            "num_samples": len(dataset),
+            "sampling": {"mode": sampler.mode, "num_frames": sampler.num_frames, "stride": sampler.stride,
+                         "stride_fps": sampler.stride_fps},
+            "image_size": dataset.image_size,
+            "flip": dataset.flip,
+            "scale_jitter": list(dataset.scale_jitter) if dataset.scale_jitter else None,
+            "sources": {"train_list": str(self.train_list_file) if self.train_list_file else None,
+                        "train_list_sha256": _file_sha256(self.train_list_file), "root": str(dataset.root)},
+        }
 
     def _add_eval(self, name: str, class_names, root: Path, samples, group: str, dataset: str | None = None) -> None:
         subsets = self.class_subsets(root, list(class_names))
@@ -245,6 +297,12 @@ class VideoDataModule(pl.LightningDataModule):
 
     def test_dataloader(self) -> list[DataLoader]:
         return self.val_dataloader()
+
+
+def _file_sha256(path: Path | None) -> str | None:
+    if path is None or not path.is_file():
+        return None
+    return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
 class SynthActionsDataModule(VideoDataModule):
@@ -331,6 +389,9 @@ class SynthActionsDataModule(VideoDataModule):
     def setup(self, stage: str | None = None) -> None:
         from vlkd.data.synthetic.clips import RandomSynthClips, vocabulary_names
 
+        if self.random_clips and self.teacher_cache:
+            raise ConfigError("data.random_clips draws new clips every epoch, which a teacher cache cannot hold: "
+                              "drop one of random_clips and teacher_cache")
         super().setup(stage)
         if self.random_clips and not isinstance(self.train_dataset, RandomSynthClips):
             frames = self.train_sampler.num_frames

@@ -50,6 +50,32 @@ class VideoMethod(pl.LightningModule):
         """(N, T, C, H, W) clips in [0, 1] -> (N, len(class_names)) logits."""
         raise NotImplementedError
 
+    def teacher_targets(self, batch: dict) -> dict[str, torch.Tensor]:
+        """The frozen teacher's outputs a training batch needs, by name, each with the batch as first dimension.
+
+        ``vlkd cache`` stores exactly these for every training sample and view; a batch read
+        from such a cache carries them as ``batch["teacher"]`` (see :meth:`cached_teacher_targets`),
+        and the method uses them instead of running the teacher. Methods without a teacher return ``{}``.
+        """
+        return {}
+
+    @property
+    def teacher_target_names(self) -> tuple[str, ...]:
+        """The names :meth:`teacher_targets` returns (what a ``vlkd cache`` for this method must hold)."""
+        return ()
+
+    @staticmethod
+    def cached_teacher_targets(batch: dict) -> dict[str, torch.Tensor] | None:
+        """The teacher outputs a batch from a ``vlkd cache`` carries (as float32); ``None`` if it has none."""
+        cached = batch.get("teacher")
+        return {name: value.float() for name, value in cached.items()} if cached else None
+
+    def on_fit_start(self) -> None:
+        # A teacher cache must hold this method's targets, from this method's teacher.
+        cache = getattr(getattr(self.trainer, "datamodule", None), "teacher_cache_reader", None)
+        if cache is not None:
+            cache.check_method(self)
+
     # -- evaluation --------------------------------------------------------------------
     def eval_sets(self):
         datamodule = getattr(self.trainer, "datamodule", None)

@@ -162,6 +162,7 @@ class VideoCLIPMethod(VideoMethod):
 
     # -- training -----------------------------------------------------------------------
     def on_fit_start(self) -> None:
+        super().on_fit_start()
         # A descriptions file that matches no class at all is a mistake (a misspelt or
         # differently formatted key set), not a choice: stop before training on it.
         if self.descriptions:
@@ -187,7 +188,8 @@ class VideoCLIPMethod(VideoMethod):
         return names
 
     def extra_losses(
-        self, video: torch.Tensor, frames: torch.Tensor, text: torch.Tensor, prompts: list[str]
+        self, video: torch.Tensor, frames: torch.Tensor, text: torch.Tensor, prompts: list[str],
+        teacher_targets: dict[str, torch.Tensor] | None = None,
     ) -> dict[str, torch.Tensor]:
         """Loss terms added to the cross-entropy, already weighted; none here.
 
@@ -196,11 +198,14 @@ class VideoCLIPMethod(VideoMethod):
             frames: (B, T, D) the student's normalised frame embeddings.
             text: (K, D) the student's normalised embeddings of ``prompts``.
             prompts: (K,) this step's prompt of every training class.
+            teacher_targets: the batch's :meth:`teacher_targets` when they came with it (a
+                cached batch); ``None``: compute what is needed.
         """
         return {}
 
     def training_loss(
-        self, video: torch.Tensor, labels: torch.Tensor, class_names: Sequence[str]
+        self, video: torch.Tensor, labels: torch.Tensor, class_names: Sequence[str],
+        teacher_targets: dict[str, torch.Tensor] | None = None,
     ) -> tuple[torch.Tensor, dict[str, torch.Tensor], torch.Tensor]:
         """The loss of one batch of (B, T, C, H, W) clips with (B,) labels indexing ``class_names``.
 
@@ -211,12 +216,14 @@ class VideoCLIPMethod(VideoMethod):
         frames = self.student.encode_video(video, normalize=True)  # (B, T, D)
         text = self.encode_prompts(prompts)  # (K, D)
         logits = self.video_logits(frames, text)
-        terms = {"ce": F.cross_entropy(logits.float(), labels), **self.extra_losses(video, frames, text, prompts)}
+        extra = self.extra_losses(video, frames, text, prompts, teacher_targets)
+        terms = {"ce": F.cross_entropy(logits.float(), labels), **extra}
         return torch.stack(list(terms.values())).sum(), terms, logits
 
     def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
         video, labels = batch["video"], batch["label"]
-        loss, terms, logits = self.training_loss(video, labels, self.train_class_names)
+        loss, terms, logits = self.training_loss(video, labels, self.train_class_names,
+                                                 self.cached_teacher_targets(batch))
         batch_size = video.shape[0]
         self.log("train/loss", loss, prog_bar=True, batch_size=batch_size)
         self.log_dict({f"train/{name}": value.detach() for name, value in terms.items()}, batch_size=batch_size)

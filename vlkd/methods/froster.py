@@ -61,6 +61,15 @@ Where the paper is vague, this implementation chooses
 * ``residual=False`` (ablation) distils the student features directly
   (``1 - cos(f, g)``) and builds no projector.
 
+Where the frozen targets come from
+----------------------------------
+The student always starts from the local weights of ``teacher``. The frozen
+frame targets ``g_v`` may come from any form of the teacher
+(:mod:`vlkd.teacher.protocol`): the in-process copy (default), a ``vlkd serve``
+server (``teacher_service.url``; it must hold the same weights), or a ``vlkd cache``
+built for the config (``data.teacher_cache``), whose batches carry them. The text
+targets ``g_t`` are few (one prompt list per template) and are cached in memory.
+
 Checkpoints hold the student and the projectors; the teacher is rebuilt from its
 spec and left out (FrozenCLIP drops its weights from the state dict), and
 checkpoints still load with ``strict=True``.
@@ -73,7 +82,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from vlkd.methods.finetune import VideoCLIPMethod
-from vlkd.teacher import TeacherSpec
+from vlkd.teacher import TeacherServiceSpec, TeacherSpec
 
 
 class ResidualProjector(nn.Module):
@@ -102,6 +111,8 @@ class FROSTER(VideoCLIPMethod):
 
     Args:
         teacher: the CLIP weights; the frozen teacher and the student's initial weights.
+        teacher_service: take the frozen targets from a ``vlkd serve`` server at ``url`` instead
+            of the in-process copy (the server must hold the same weights).
         templates: template set name (``video``) or list; one is sampled per training step.
         class_descriptions: JSON file of class name -> description appended to the prompts.
         temporal: ``"neighbour"`` (neighbour-frame attention), ``"neighbour_zeros"`` (the
@@ -119,6 +130,7 @@ class FROSTER(VideoCLIPMethod):
     def __init__(
         self,
         teacher: TeacherSpec | None = None,
+        teacher_service: TeacherServiceSpec | None = None,
         templates: str | list[str] = "video",
         class_descriptions: str | None = None,
         temporal: str = "neighbour",
@@ -149,7 +161,11 @@ class FROSTER(VideoCLIPMethod):
         )
         self.save_hyperparameters()
         self.initial_weights = teacher
-        self.teacher = frozen
+        if teacher_service is not None and teacher_service.url:
+            # The local copy only initialised the student; the targets come from the server.
+            self.teacher = teacher_service.build(expect=frozen.identity)
+        else:
+            self.teacher = frozen
         self.distill_weight = distill_weight
         self.visual_distill = visual_distill
         self.text_distill = text_distill
@@ -179,11 +195,20 @@ class FROSTER(VideoCLIPMethod):
             student = projector(student)
         return (1.0 - F.cosine_similarity(student.float(), teacher.float(), dim=-1)).mean()
 
-    def extra_losses(self, video, frames, text, prompts) -> dict[str, torch.Tensor]:
+    @property
+    def teacher_target_names(self) -> tuple[str, ...]:
+        return ("frames",) if self.visual_distill else ()
+
+    def teacher_targets(self, batch: dict) -> dict[str, torch.Tensor]:
+        """``{"frames": (B, T, D)}``: the frozen teacher's embedding of every training frame (``g_v``)."""
+        return {"frames": self.teacher.encode_frames(batch["video"])} if self.visual_distill else {}
+
+    def extra_losses(self, video, frames, text, prompts, teacher_targets=None) -> dict[str, torch.Tensor]:
         """``lambda * L_v`` and ``lambda * L_t`` (module docstring) for the enabled branches."""
         losses = {}
         if self.visual_distill:
-            target = self.teacher.encode_frames(video)  # (B, T, D), no gradient
+            targets = teacher_targets or self.teacher_targets({"video": video})
+            target = targets["frames"]  # (B, T, D), no gradient
             losses["distill_visual"] = self.distill_weight * self.cosine_distance(frames, target, self.visual_projector)
         if self.text_distill:
             target = self.teacher_text(prompts)  # (K, D)
