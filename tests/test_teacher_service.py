@@ -7,6 +7,7 @@ the command as a user would, in a process of its own.
 
 from __future__ import annotations
 
+import hashlib
 import io
 import json
 import os
@@ -23,6 +24,7 @@ import pytest
 import requests
 import torch
 import torch.nn.functional as F
+from lightning.pytorch.callbacks import Callback
 
 from tests.conftest import free_port
 from vlkd import create_teacher
@@ -133,7 +135,7 @@ def test_a_different_teacher_is_refused(served, local):
 def test_an_unreachable_server_fails_after_the_retries_with_the_way_back():
     url = f"http://127.0.0.1:{free_port()}"
     start = time.monotonic()
-    with pytest.raises(TeacherUnavailableError, match=r"3 tries.*--ckpt_path last"):
+    with pytest.raises(TeacherUnavailableError, match=r"3 tries.*--ckpt_path"):
         RemoteTeacher(url, retries=2, backoff=0.05, timeout=2)
     assert time.monotonic() - start < 10
 
@@ -419,3 +421,82 @@ def test_vlkd_serve_stopped_and_restarted_under_a_running_client(local):
     finally:
         if server.poll() is None:
             _stop(server)
+
+
+# --------------------------------------------------------------------------- training against a server
+
+
+def _training_overrides(tmp_path: Path, url: str, **service) -> list[str]:
+    """The tiny FROSTER run of test_froster, with the shipped teacher (the server's) and its targets from ``url``."""
+    import yaml
+
+    from tests.test_froster import tiny_overrides, write_world
+
+    world = write_world(tmp_path / "world")
+    overrides = tiny_overrides(REPO / "configs" / "froster_ucf_b2n.yaml", world, tmp_path)
+    remote = tmp_path / "remote.yaml"
+    remote.write_text(yaml.safe_dump({"model": {"init_args": {
+        "teacher": {"name": SHIPPED[0], "pretrained": SHIPPED[1], "precision": "fp32"},
+        "teacher_service": {"url": url, **service}}}}))
+    return [*overrides, "--config", str(remote), "--trainer.accumulate_grad_batches", "1"]
+
+
+def test_froster_losses_are_the_same_with_the_remote_teacher(served):
+    from vlkd.methods import FROSTER
+    from vlkd.teacher import TeacherServiceSpec, TeacherSpec
+
+    spec = TeacherSpec(*SHIPPED, precision="fp32")
+    torch.manual_seed(0)
+    in_process = FROSTER(teacher=spec)
+    torch.manual_seed(0)
+    remote = FROSTER(teacher=spec, teacher_service=TeacherServiceSpec(url=served))
+    assert isinstance(remote.teacher, RemoteTeacher) and remote.state_dict().keys() == in_process.state_dict().keys()
+    video, labels = _images(8, seed=9).view(2, 4, 3, 64, 64), torch.tensor([0, 1])
+    _, expected, _ = in_process.training_loss(video, labels, ["red ball on grass", "blue star moving left"])
+    _, got, _ = remote.training_loss(video, labels, ["red ball on grass", "blue star moving left"])
+    for name in expected:
+        torch.testing.assert_close(got[name], expected[name], rtol=1e-4, atol=1e-5)
+
+
+class LoseTheServer(Callback):
+    """Kills the replica of the ``train`` application when the second epoch starts (used by the test below,
+    through the config, as a user's callback would be)."""
+
+    checkpoint_hash: str | None = None
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
+        import ray
+
+        if trainer.current_epoch == 1 and LoseTheServer.checkpoint_hash is None:
+            (last,) = Path(trainer.log_dir).rglob("last.ckpt")
+            LoseTheServer.checkpoint_hash = hashlib.sha256(last.read_bytes()).hexdigest()
+            (replica,) = [actor for actor in ray.util.list_named_actors(all_namespaces=True)
+                          if actor["name"].startswith("SERVE_REPLICA::train#")]
+            ray.kill(ray.get_actor(replica["name"], namespace=replica["namespace"]), no_restart=True)
+
+
+def test_a_run_that_loses_its_server_stops_with_its_checkpoint_and_resumes(ray_serve, tmp_path, capsys):
+    """The replica dies in the second epoch: `vlkd fit` stops with the teacher's error, last.ckpt of the first
+    epoch intact and named; once the server is back, the same command with --ckpt_path finishes the run."""
+    from vlkd.cli import main
+
+    url = deploy(ray_serve, "train", ServeConfig(*SHIPPED, threads=1))
+    # One second per request and no retries: the run notices the loss at once.
+    overrides = [*_training_overrides(tmp_path, url, timeout=1.0, retries=0), "--trainer.max_epochs", "3"]
+    capsys.readouterr()
+    assert main(["fit", *overrides, "--trainer.callbacks+=tests.test_teacher_service.LoseTheServer"]) == 2
+    err = capsys.readouterr().err
+    (last,) = (tmp_path / "runs").rglob("last.ckpt")
+    assert f"the teacher server at {url} did not answer" in err.splitlines()[-1]
+    assert f"--ckpt_path {last}" in err
+    assert LoseTheServer.checkpoint_hash == hashlib.sha256(last.read_bytes()).hexdigest()
+    first = torch.load(last, weights_only=True, map_location="cpu")
+    assert first["epoch"] == 0
+
+    wait_until_ready(url, timeout=180)
+    assert main(["fit", *overrides, "--ckpt_path", str(last)]) == 0
+    resumed = max((tmp_path / "runs").rglob("last.ckpt"), key=lambda path: path.stat().st_mtime)
+    state = torch.load(resumed, weights_only=True, map_location="cpu")
+    assert resumed.parent != last.parent and state["epoch"] == 2
+    assert state["global_step"] == 3 * first["global_step"]
+    assert list((tmp_path / "runs").rglob("results.json"))

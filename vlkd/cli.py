@@ -109,7 +109,9 @@ def _make_cli(argv: Sequence[str], **kwargs):
 
 def run_lightning(argv: Sequence[str]) -> None:
     """Run Lightning's CLI (subclass mode) on ``argv`` = ``[subcommand, *options]``."""
-    _make_cli(argv, save_config_kwargs={"overwrite": True})
+    from vlkd.methods.callbacks import ResumeHint
+
+    _make_cli(argv, save_config_kwargs={"overwrite": True}, trainer_defaults={"callbacks": [ResumeHint()]})
 
 
 def build_from_config(argv: Sequence[str]):

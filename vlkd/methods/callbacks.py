@@ -10,16 +10,20 @@ Use it in a config::
       callbacks:
         - class_path: vlkd.methods.callbacks.EpochWeightAveraging
           init_args: {start_epoch: 2}
+
+:class:`ResumeHint` is added to every ``vlkd fit``: when training stops on an error
+(a lost teacher server, say), it names the checkpoint that resumes the run.
 """
 
 from __future__ import annotations
 
 import logging
+import sys
 from pathlib import Path
 
 import lightning.pytorch as pl
 import torch
-from lightning.pytorch.callbacks import Callback
+from lightning.pytorch.callbacks import Callback, ModelCheckpoint
 from torch import nn
 
 log = logging.getLogger(__name__)
@@ -131,3 +135,19 @@ class EpochWeightAveraging(Callback):
                 "EpochWeightAveraging: resuming an average started at epoch %d with start_epoch=%d; "
                 "the epochs already averaged are kept", state_dict["start_epoch"], self.start_epoch,
             )
+
+
+class ResumeHint(Callback):
+    """When ``fit`` stops on an error, print the last checkpoint and the option that resumes from it."""
+
+    def on_exception(self, trainer: pl.Trainer, pl_module: pl.LightningModule, exception: BaseException) -> None:
+        if not trainer.is_global_zero or isinstance(exception, KeyboardInterrupt):
+            return
+        saved = [Path(callback.last_model_path) for callback in trainer.checkpoint_callbacks
+                 if isinstance(callback, ModelCheckpoint) and callback.last_model_path]
+        saved = [path for path in saved if path.is_file()]
+        if saved:
+            last = max(saved, key=lambda path: path.stat().st_mtime)
+            # Printed, not logged: it must reach the terminal whatever logging is configured.
+            print(f"training stopped ({type(exception).__name__}); its last checkpoint is {last}: fix the cause and "
+                  f"run the same command with --ckpt_path {last} to resume", file=sys.stderr)

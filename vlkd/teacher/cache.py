@@ -37,6 +37,7 @@ import json
 import math
 import os
 import random
+import warnings
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -323,6 +324,9 @@ class CacheBuilder(LightningModule):
         return range(shard * self.shard_size, min((shard + 1) * self.shard_size, len(self.dataset)))
 
     def predict_dataloader(self) -> DataLoader:
+        # Lightning warns that it cannot check a custom batch sampler for dropped samples:
+        # ShardBatches drops none (every item of every shard to build is in exactly one batch).
+        warnings.filterwarnings("ignore", message=r".*custom batch sampler `ShardBatches`")
         items = [(sample, view) for shard in self.todo for sample in self.shard_samples(shard)
                  for view in range(self.views)]
         lengths = [len(self.shard_samples(shard)) * self.views for shard in self.todo]

@@ -12,7 +12,7 @@ The client
 * retries connection errors, time-outs and 5xx answers with exponential back-off,
   then fails with :class:`TeacherUnavailableError` naming the server and the way
   back (a training run stops with its last checkpoint intact and resumes with
-  ``--ckpt_path last``); 4xx answers fail at once with the server's reason.
+  ``--ckpt_path``); 4xx answers fail at once with the server's reason.
 """
 
 from __future__ import annotations
@@ -300,7 +300,7 @@ class RemoteTeacher(TeacherMixin, nn.Module):
         raise TeacherUnavailableError(
             f"the teacher server at {self.url} did not answer {method} {path} after {self.retries + 1} tries over "
             f"{time.monotonic() - started:.0f} s (last: {last}): start it (vlkd serve) or fix the URL; a training "
-            "run resumes from its last checkpoint with --ckpt_path last")
+            "run keeps its last checkpoint and resumes from it with --ckpt_path")
 
 
 def _reason(response) -> str:
