@@ -14,7 +14,7 @@ import shutil
 import socket
 from pathlib import Path
 
-from vlkd.commands.zeroshot import DEFAULT_TEACHER
+from vlkd.commands.teacher_options import DEFAULT_TEACHER
 from vlkd.demo import load_teacher_scorer
 from vlkd.demo.app import build_demo, launch
 from vlkd.paths import asset_dir

@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from vlkd.cli import main
-from vlkd.commands.zeroshot import DEFAULT_TEACHER
+from vlkd.commands.teacher_options import DEFAULT_TEACHER
 from vlkd.data.video import probe_video
 from vlkd.data.writer import write_video
 from vlkd.demo import DemoInputError, load_student_scorer, load_teacher_scorer, parse_names, score_video

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import os
 import shutil
-import socket
 from pathlib import Path
 
 import numpy as np
@@ -18,7 +17,8 @@ import pytest
 gr = pytest.importorskip("gradio", reason="the demo needs gradio: pip install -e '.[demo]'")
 gradio_client = pytest.importorskip("gradio_client")
 
-from vlkd.commands.zeroshot import DEFAULT_TEACHER  # noqa: E402
+from tests.conftest import free_port  # noqa: E402
+from vlkd.commands.teacher_options import DEFAULT_TEACHER  # noqa: E402
 from vlkd.data.synthetic import clip_rng, render_clip  # noqa: E402
 from vlkd.data.writer import write_video  # noqa: E402
 from vlkd.demo import load_teacher_scorer  # noqa: E402
@@ -30,17 +30,11 @@ SAMPLE = REPO / "data" / "samples" / "three_scenes.mp4"
 SCENES = "orange ball on grass, red star in water, blue star on sand"
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 @pytest.fixture(scope="module")
 def url():
     """The demo with the shipped teacher, served on a free local port for the module's tests."""
     demo = build_demo([load_teacher_scorer(*DEFAULT_TEACHER)])
-    port = _free_port()
+    port = free_port()
     launch(demo, port=port, prevent_thread_lock=True, quiet=True)
     yield f"http://127.0.0.1:{port}/"
     demo.close()

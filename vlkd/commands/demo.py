@@ -18,19 +18,14 @@ from collections.abc import Sequence
 
 import torch
 
-from vlkd.commands.zeroshot import DEFAULT_TEACHER
+from vlkd.commands.teacher_options import add_teacher_arguments, teacher_weights
 from vlkd.demo.handler import DEFAULT_FPS, DEFAULT_MAX_FRAMES, MAX_CLASSES
 from vlkd.errors import ConfigError
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="vlkd demo", description=__doc__.split("\n\n")[0])
-    parser.add_argument("--teacher", default=DEFAULT_TEACHER[0],
-                        help="open_clip architecture name or a weights folder of the frozen teacher (default: the shipped "
-                             "SynthActions teacher)")
-    parser.add_argument("--pretrained", default=None,
-                        help=f"pretrained tag or checkpoint file for an architecture name "
-                             f"(default: {DEFAULT_TEACHER[1]!r} for {DEFAULT_TEACHER[0]}, else none)")
+    add_teacher_arguments(parser)
     parser.add_argument("--checkpoint", default=None,
                         help="a FROSTER checkpoint (.ckpt from `vlkd fit`) or a folder from `vlkd export`, "
                              "to offer its student besides the teacher")
@@ -54,9 +49,7 @@ def load_models(args: argparse.Namespace) -> list:
     if args.checkpoint is not None:
         student = load_student_scorer(args.checkpoint, args.device)
         scorers.append(student)
-    pretrained = args.pretrained
-    if pretrained is None and args.teacher == DEFAULT_TEACHER[0]:
-        pretrained = DEFAULT_TEACHER[1]
+    _, pretrained = teacher_weights(args)
     held = getattr(getattr(scorers[0], "method", None), "teacher", None) if scorers else None
     if held is not None and held.name == f"{args.teacher}:{pretrained}":
         # FROSTER already holds this frozen teacher: offer it rather than loading it twice.

@@ -38,11 +38,11 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
+from vlkd.commands.teacher_options import add_teacher_arguments, teacher_weights
 from vlkd.errors import ConfigError, MissingFileError, VideoReadError
 
 log = logging.getLogger(__name__)
 
-DEFAULT_TEACHER = ("vlkd-synth-vit", "synthactions")
 VIDEO_SUFFIXES = (".mp4", ".avi", ".mkv", ".mov", ".webm", ".m4v", ".mpg", ".mpeg", ".wmv", ".flv")
 # Frames converted to float and resized at once: bounds the memory of full-resolution decoded frames.
 _CONVERT_BATCH = 8
@@ -69,11 +69,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--full", action="store_true", help="encode every frame with the full ViT (the teacher)")
     parser.add_argument("--no-residual-token", action="store_true",
                         help="token reduction alone, without the residual token (an ablation; needs no checkpoint)")
-    parser.add_argument("--teacher", default=DEFAULT_TEACHER[0],
-                        help="open_clip architecture name or weights folder (default: the shipped SynthActions teacher)")
-    parser.add_argument("--pretrained", default=None,
-                        help="pretrained tag or checkpoint file for an architecture name "
-                             f"(default: {DEFAULT_TEACHER[1]!r} for {DEFAULT_TEACHER[0]}, else none)")
+    add_teacher_arguments(parser)
     parser.add_argument("--precision", default="fp32", choices=("fp32", "bf16", "fp16"))
     parser.add_argument("--root", default=None, help="folder that a list's relative paths start from")
     parser.add_argument("--chunk", type=int, default=64, help="frames decoded and encoded at once (default 64)")
@@ -209,10 +205,7 @@ def build_model(args):
     from vlkd.models import create_student
     from vlkd.teacher import create_teacher
 
-    pretrained = args.pretrained
-    if pretrained is None and args.teacher == DEFAULT_TEACHER[0]:
-        pretrained = DEFAULT_TEACHER[1]
-    teacher = create_teacher(args.teacher, pretrained, device=args.device, precision=args.precision)
+    teacher = create_teacher(*teacher_weights(args), device=args.device, precision=args.precision)
     if args.full:
         return create_student("residual_vit", teacher=teacher, residual_token=False)
     if args.checkpoint is None and not args.no_residual_token:

@@ -18,7 +18,7 @@ import signal
 import threading
 from collections.abc import Sequence
 
-from vlkd.commands.zeroshot import DEFAULT_TEACHER
+from vlkd.commands.teacher_options import add_teacher_arguments, teacher_weights
 from vlkd.errors import ConfigError
 
 
@@ -27,11 +27,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     limits = ServeLimits()
     parser = argparse.ArgumentParser(prog="vlkd serve", description=__doc__.split("\n\n")[0])
-    parser.add_argument("--teacher", default=DEFAULT_TEACHER[0],
-                        help="open_clip architecture name or a weights folder (default: the shipped SynthActions teacher)")
-    parser.add_argument("--pretrained", default=None,
-                        help="pretrained tag or checkpoint file for an architecture name "
-                             f"(default: {DEFAULT_TEACHER[1]!r} for {DEFAULT_TEACHER[0]}, else random weights)")
+    add_teacher_arguments(parser, "the teacher to serve")
     parser.add_argument("--host", default=DEFAULT_HOST,
                         help=f"address to listen on (default {DEFAULT_HOST}; any other needs a token)")
     parser.add_argument("--port", type=int, default=DEFAULT_PORT, help=f"port (default {DEFAULT_PORT})")
@@ -70,11 +66,7 @@ def build_parser() -> argparse.ArgumentParser:
 def config_from_args(args: argparse.Namespace):
     from vlkd.teacher.server import TOKEN_ENV, ServeConfig, ServeLimits
 
-    pretrained = args.pretrained
-    if pretrained is None and args.teacher == DEFAULT_TEACHER[0]:
-        pretrained = DEFAULT_TEACHER[1]
-    elif isinstance(pretrained, str) and pretrained.strip().lower() in ("none", "null", ""):
-        pretrained = None
+    teacher, pretrained = teacher_weights(args)
     for name in ("port", "replicas", "max_batch", "max_images", "max_side", "max_texts"):
         if getattr(args, name) < 1:
             raise ConfigError(f"--{name.replace('_', '-')} must be at least 1, got {getattr(args, name)}")
@@ -85,7 +77,7 @@ def config_from_args(args: argparse.Namespace):
     limits = ServeLimits(max_body_mb=args.max_body_mb, max_images=args.max_images, max_side=args.max_side,
                          max_texts=args.max_texts)
     token = args.token or os.environ.get(TOKEN_ENV) or None
-    return ServeConfig(teacher=args.teacher, pretrained=pretrained, precision=args.precision, device=args.device,
+    return ServeConfig(teacher=teacher, pretrained=pretrained, precision=args.precision, device=args.device,
                        max_batch=args.max_batch, batch_wait_ms=args.batch_wait_ms, token=token, threads=args.threads,
                        limits=limits)
 

@@ -21,18 +21,13 @@ from pathlib import Path
 import torch
 from tqdm import tqdm
 
+from vlkd.commands.teacher_options import add_teacher_arguments, teacher_weights
 from vlkd.errors import ConfigError
-
-DEFAULT_TEACHER = ("vlkd-synth-vit", "synthactions")
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="vlkd zeroshot", description=__doc__.split("\n\n")[0])
-    parser.add_argument("--teacher", default=DEFAULT_TEACHER[0],
-                        help="open_clip architecture name or a weights folder (default: the shipped SynthActions teacher)")
-    parser.add_argument("--pretrained", default=None,
-                        help="pretrained tag or checkpoint file for an architecture name "
-                             f"(default: {DEFAULT_TEACHER[1]!r} for {DEFAULT_TEACHER[0]}, else none)")
+    add_teacher_arguments(parser)
     parser.add_argument("--data", required=True, help="dataset root (a SynthActions folder or a real video root)")
     parser.add_argument("--dataset", default=None,
                         help="split layout name (k400, hmdb51, ucf101, ssv2, ...); read from a SynthActions folder")
@@ -78,10 +73,8 @@ def evaluate(args) -> dict:
     from vlkd.teacher import TeacherSpec
 
     dataset, split_dir = _resolve_split(args)
-    pretrained = args.pretrained
-    if pretrained is None and args.teacher == DEFAULT_TEACHER[0]:
-        pretrained = DEFAULT_TEACHER[1]
-    model = ZeroShotCLIP(TeacherSpec(args.teacher, pretrained), templates=args.templates).to(args.device)
+    teacher, pretrained = teacher_weights(args)
+    model = ZeroShotCLIP(TeacherSpec(teacher, pretrained), templates=args.templates).to(args.device)
     seed = int(str(args.split).lstrip("sS"))
     datamodule = VideoDataModule(
         args.data,
@@ -109,7 +102,7 @@ def evaluate(args) -> dict:
     results = {key: _accuracy(*predictions[key]) for key in ("base", "novel")}
     results["hm"] = harmonic_mean(results["base"], results["novel"])
     results.update(
-        teacher=args.teacher, pretrained=pretrained, dataset=dataset, split=args.split, templates=args.templates,
+        teacher=teacher, pretrained=pretrained, dataset=dataset, split=args.split, templates=args.templates,
         frames=args.frames, views=args.views, videos={k: len(v[0]) for k, v in predictions.items()},
         skipped_videos=len(skipped),
     )
