@@ -31,7 +31,6 @@ import hmac
 import ipaddress
 import json
 import logging
-import math
 import os
 import threading
 import time
@@ -125,8 +124,8 @@ class ServeConfig:
             raise ConfigError(f"batch_wait_ms must be >= 0, got {self.batch_wait_ms!r}")
 
 
-class ClientError(Exception):
-    """A request the server will not serve: HTTP ``status`` and a one-line reason."""
+class RequestRefused(Exception):
+    """A request the server does not answer with 200: the HTTP ``status`` and a one-line reason."""
 
     def __init__(self, status: int, message: str):
         super().__init__(message)
@@ -174,34 +173,34 @@ class TeacherEngine:
         try:
             array = read_npy(data, what)
         except WireError as error:
-            raise ClientError(400, str(error)) from None
+            raise RequestRefused(400, str(error)) from None
         if array.dtype == np.uint8:
             layout, channels = "(N, H, W, 3)", array.shape[-1] if array.ndim == 4 else None
         elif array.dtype == np.float16:
             layout, channels = "(N, 3, H, W)", array.shape[1] if array.ndim == 4 else None
         else:
-            raise ClientError(422, f"{what}: dtype {array.dtype} is not accepted: send uint8 (N, H, W, 3) "
-                                   "or float16 (N, 3, H, W) in [0, 1]")
+            raise RequestRefused(422, f"{what}: dtype {array.dtype} is not accepted: send uint8 (N, H, W, 3) "
+                                 "or float16 (N, 3, H, W) in [0, 1]")
         if array.ndim != 4 or channels != 3:
-            raise ClientError(422, f"{what}: {array.dtype} images must have shape {layout}, got {array.shape}")
+            raise RequestRefused(422, f"{what}: {array.dtype} images must have shape {layout}, got {array.shape}")
         count = array.shape[0]
         height, width = (array.shape[1:3] if array.dtype == np.uint8 else array.shape[2:4])
         if count == 0:
-            raise ClientError(422, f"{what}: no images (the first dimension is 0)")
+            raise RequestRefused(422, f"{what}: no images (the first dimension is 0)")
         if count > self.limits.max_images:
-            raise ClientError(413, f"{what}: {count} images exceed the limit of {self.limits.max_images} "
-                                   "per request (max_images): split the request")
+            raise RequestRefused(413, f"{what}: {count} images exceed the limit of {self.limits.max_images} "
+                                 "per request (max_images): split the request")
         if min(height, width) < 1 or max(height, width) > self.limits.max_side:
-            raise ClientError(422, f"{what}: images of {height}x{width} pixels: each side must be 1.."
-                                   f"{self.limits.max_side} (max_side)")
+            raise RequestRefused(422, f"{what}: images of {height}x{width} pixels: each side must be 1.."
+                                 f"{self.limits.max_side} (max_side)")
         if array.dtype == np.uint8:
             return torch.from_numpy(array).permute(0, 3, 1, 2).float().div_(255.0)
         pixels = torch.from_numpy(array).float()
         if not torch.isfinite(pixels).all():
-            raise ClientError(422, f"{what}: the float16 pixels contain NaN or infinity")
+            raise RequestRefused(422, f"{what}: the float16 pixels contain NaN or infinity")
         if pixels.min() < 0 or pixels.max() > 1:
-            raise ClientError(422, f"{what}: float16 pixels must lie in [0, 1], got "
-                                   f"[{pixels.min().item():.3g}, {pixels.max().item():.3g}]")
+            raise RequestRefused(422, f"{what}: float16 pixels must lie in [0, 1], got "
+                                 f"[{pixels.min().item():.3g}, {pixels.max().item():.3g}]")
         return pixels
 
     def decode_boxes(self, raw: bytes | str, what: str = "boxes") -> torch.Tensor:
@@ -210,23 +209,23 @@ class TeacherEngine:
             try:
                 array = read_npy(raw, what)
             except WireError as error:
-                raise ClientError(400, str(error)) from None
+                raise RequestRefused(400, str(error)) from None
             if array.dtype.kind not in "iuf":
-                raise ClientError(422, f"{what}: dtype {array.dtype} is not a number type")
+                raise RequestRefused(422, f"{what}: dtype {array.dtype} is not a number type")
             boxes = torch.from_numpy(array.astype(np.float64))
         else:
             try:
                 rows = json.loads(raw)
                 boxes = torch.tensor(rows, dtype=torch.float64)
             except (ValueError, TypeError, UnicodeDecodeError, RuntimeError):
-                raise ClientError(400, f"{what}: not a JSON list of [image, x0, y0, x1, y1] rows nor an .npy "
-                                       "array") from None
+                raise RequestRefused(400, f"{what}: not a JSON list of [image, x0, y0, x1, y1] rows nor an .npy "
+                                     "array") from None
         if boxes.ndim != 2 or boxes.shape[1] != 5 or boxes.shape[0] == 0:
-            raise ClientError(422, f"{what}: need shape (M, 5) with M >= 1, rows [image, x0, y0, x1, y1]; "
-                                   f"got {tuple(boxes.shape)}")
+            raise RequestRefused(422, f"{what}: need shape (M, 5) with M >= 1, rows [image, x0, y0, x1, y1]; "
+                                 f"got {tuple(boxes.shape)}")
         if boxes.shape[0] > self.limits.max_boxes:
-            raise ClientError(413, f"{what}: {boxes.shape[0]} boxes exceed the limit of {self.limits.max_boxes} "
-                                   "per request (max_boxes)")
+            raise RequestRefused(413, f"{what}: {boxes.shape[0]} boxes exceed the limit of {self.limits.max_boxes} "
+                                 "per request (max_boxes)")
         return boxes
 
     def crop_rule(self, params) -> RegionCrop:
@@ -239,7 +238,7 @@ class TeacherEngine:
                 raise ValueError(f"square must be true or false, got {square_text!r}")
             return RegionCrop(enlarge=enlarge, min_size=min_size, square=square_text in ("true", "1"))
         except (ValueError, TypeError, ConfigError) as error:
-            raise ClientError(422, f"crop rule: {error}") from None
+            raise RequestRefused(422, f"crop rule: {error}") from None
 
     def prepare(self, images: torch.Tensor, boxes: torch.Tensor | None = None,
                 crop: RegionCrop | None = None) -> torch.Tensor:
@@ -248,7 +247,7 @@ class TeacherEngine:
             try:
                 images = self.teacher.region_pixels(images, boxes, crop)
             except ConfigError as error:
-                raise ClientError(422, f"boxes: {error}") from None
+                raise RequestRefused(422, f"boxes: {error}") from None
         with torch.no_grad():
             return self.teacher.normalize_pixels(images.to(self.device))
 
@@ -265,45 +264,45 @@ class TeacherEngine:
     def text(self, payload) -> torch.Tensor:
         """``{"texts": [...]}`` or ``{"classes": [...], "templates": name | [...]}`` -> (N, D) on the CPU."""
         if not isinstance(payload, dict):
-            raise ClientError(422, 'the JSON body must be an object: {"texts": [...]} or '
-                                   '{"classes": [...], "templates": ...}')
+            raise RequestRefused(422, 'the JSON body must be an object: {"texts": [...]} or '
+                                 '{"classes": [...], "templates": ...}')
         unknown = set(payload) - {"texts", "classes", "templates"}
         if unknown:
-            raise ClientError(422, f"unknown field(s) {sorted(unknown)}: use texts, or classes and templates")
+            raise RequestRefused(422, f"unknown field(s) {sorted(unknown)}: use texts, or classes and templates")
         if ("texts" in payload) == ("classes" in payload):
-            raise ClientError(422, 'give exactly one of "texts" (sentences) or "classes" (names, with templates)')
+            raise RequestRefused(422, 'give exactly one of "texts" (sentences) or "classes" (names, with templates)')
         if "texts" in payload:
             if "templates" in payload:
-                raise ClientError(422, '"templates" goes with "classes", not with "texts"')
+                raise RequestRefused(422, '"templates" goes with "classes", not with "texts"')
             texts = self._strings(payload["texts"], "texts", self.limits.max_texts, "max_texts")
             return self.teacher.encode_prompts(texts).cpu()
         classes = self._strings(payload["classes"], "classes", self.limits.max_prompts, "max_prompts")
         templates = payload.get("templates")
         if templates is not None and not (isinstance(templates, str) or isinstance(templates, list)):
-            raise ClientError(422, "templates must be a set name (video, photo, none) or a list of templates")
+            raise RequestRefused(422, "templates must be a set name (video, photo, none) or a list of templates")
         if isinstance(templates, list):
             self._strings(templates, "templates", 10_000, "templates")
         try:
             resolved = resolve_templates(templates)
         except ConfigError as error:
-            raise ClientError(422, f"templates: {error}") from None
+            raise RequestRefused(422, f"templates: {error}") from None
         prompts = len(classes) * len(resolved)
         if prompts > self.limits.max_prompts:
-            raise ClientError(413, f"{len(classes)} classes x {len(resolved)} templates = {prompts} prompts exceed "
-                                   f"the limit of {self.limits.max_prompts} (max_prompts): split the classes")
+            raise RequestRefused(413, f"{len(classes)} classes x {len(resolved)} templates = {prompts} prompts exceed "
+                                 f"the limit of {self.limits.max_prompts} (max_prompts): split the classes")
         return self.teacher.encode_text(classes, resolved).cpu()
 
     def _strings(self, value, what: str, limit: int, limit_name: str) -> list[str]:
         if not isinstance(value, list) or not value:
-            raise ClientError(422, f"{what} must be a non-empty list of strings")
+            raise RequestRefused(422, f"{what} must be a non-empty list of strings")
         if len(value) > limit:
-            raise ClientError(413, f"{len(value)} {what} exceed the limit of {limit} per request ({limit_name})")
+            raise RequestRefused(413, f"{len(value)} {what} exceed the limit of {limit} per request ({limit_name})")
         for index, item in enumerate(value):
             if not isinstance(item, str) or not item.strip():
-                raise ClientError(422, f"{what}[{index}] must be a non-empty string, got {item!r:.60}")
+                raise RequestRefused(422, f"{what}[{index}] must be a non-empty string, got {item!r:.60}")
             if len(item) > self.limits.max_text_chars:
-                raise ClientError(422, f"{what}[{index}] has {len(item)} characters, over the limit of "
-                                       f"{self.limits.max_text_chars} (max_text_chars)")
+                raise RequestRefused(422, f"{what}[{index}] has {len(item)} characters, over the limit of "
+                                     f"{self.limits.max_text_chars} (max_text_chars)")
         return value
 
     def count_request(self) -> None:
@@ -332,10 +331,19 @@ async def _http_error(request: Request, error: StarletteHTTPException):
                         status_code=error.status_code)
 
 
-@app.exception_handler(ClientError)
-async def _client_error(request: Request, error: ClientError):
+@app.exception_handler(RequestRefused)
+async def _refused(request: Request, error: RequestRefused):
     headers = {"WWW-Authenticate": "Bearer"} if error.status == 401 else None
     return JSONResponse({"error": error.message}, status_code=error.status, headers=headers)
+
+
+@app.exception_handler(Exception)
+async def _server_error(request: Request, error: Exception):
+    # Never caused by what a client sends (every request is checked first): a fault of this
+    # server, e.g. out of memory. Logged in full; the client gets one line and may retry.
+    log.exception("%s %s failed", request.method, request.url.path)
+    return JSONResponse({"error": f"internal error ({type(error).__name__}): {' '.join(str(error).split())[:200]}"},
+                        status_code=500)
 
 
 async def read_body(request, limit: int) -> bytes:
@@ -343,15 +351,15 @@ async def read_body(request, limit: int) -> bytes:
     declared = request.headers.get("content-length")
     if declared is not None:
         if not declared.strip().isdigit():
-            raise ClientError(400, f"Content-Length {declared!r} is not a number")
+            raise RequestRefused(400, f"Content-Length {declared!r} is not a number")
         if int(declared) > limit:
-            raise ClientError(413, f"the body has {int(declared)} bytes, over the limit of {limit} "
-                                   "(max_body_mb): split the request")
+            raise RequestRefused(413, f"the body has {int(declared)} bytes, over the limit of {limit} "
+                                 "(max_body_mb): split the request")
     chunks, size = [], 0
     async for chunk in request.stream():
         size += len(chunk)
         if size > limit:
-            raise ClientError(413, f"the body exceeds the limit of {limit} bytes (max_body_mb): split the request")
+            raise RequestRefused(413, f"the body exceeds the limit of {limit} bytes (max_body_mb): split the request")
         chunks.append(chunk)
     return b"".join(chunks)
 
@@ -391,7 +399,7 @@ class TeacherServer:
     def _ready(self) -> TeacherEngine:
         if self.engine is None:
             state = f"the teacher failed to load ({self.load_error})" if self.load_error else "the teacher is loading"
-            raise ClientError(503, state)
+            raise RequestRefused(503, state)
         return self.engine
 
     def _authorize(self, request) -> None:
@@ -401,8 +409,8 @@ class TeacherServer:
         header = request.headers.get("authorization", "")
         scheme, _, given = header.partition(" ")
         if scheme.lower() != "bearer" or not hmac.compare_digest(given.strip().encode(), token.encode()):
-            raise ClientError(401, "missing or wrong token: send 'Authorization: Bearer <token>' "
-                                   f"(the token the server was started with, --token or {TOKEN_ENV})")
+            raise RequestRefused(401, "missing or wrong token: send 'Authorization: Bearer <token>' "
+                                 f"(the token the server was started with, --token or {TOKEN_ENV})")
 
     @serve.batch(max_batch_size=64, batch_wait_timeout_s=0.005, batch_size_fn=_batch_size)
     async def embed_batch(self, chunks: list[torch.Tensor]) -> list[torch.Tensor]:
@@ -435,12 +443,12 @@ class TeacherServer:
         engine = self._ready()
         engine.count_request()
         if _media_type(request) != "application/json":
-            raise ClientError(415, f"send JSON (Content-Type: application/json), not {_media_type(request)!r}")
+            raise RequestRefused(415, f"send JSON (Content-Type: application/json), not {_media_type(request)!r}")
         body = await read_body(request, engine.limits.max_body_bytes)
         try:
             payload = json.loads(body)
         except (ValueError, UnicodeDecodeError) as error:
-            raise ClientError(400, f"the body is not valid JSON ({error})") from None
+            raise RequestRefused(400, f"the body is not valid JSON ({error})") from None
         embeddings = await asyncio.to_thread(engine.text, payload)
         content, media_type = encode_embeddings(embeddings, request.headers.get("accept", ""))
         return Response(content, media_type=media_type)
@@ -458,15 +466,15 @@ class TeacherServer:
         elif media_type == "multipart/form-data":
             images, boxes, params = await self._multipart(request, body, params)
         else:
-            raise ClientError(415, f"send the images as {NPY} (or multipart/form-data with an 'images' "
-                                   f"field), not {media_type!r}")
+            raise RequestRefused(415, f"send the images as {NPY} (or multipart/form-data with an 'images' "
+                                 f"field), not {media_type!r}")
         pixels = engine.decode_images(images, "images")
         if boxes is not None:
             boxes = engine.decode_boxes(boxes)
             crop = engine.crop_rule(params)
         else:
             if set(params) & {"enlarge", "min_size", "square"}:
-                raise ClientError(422, "enlarge, min_size and square describe how boxes are cropped: send boxes")
+                raise RequestRefused(422, "enlarge, min_size and square describe how boxes are cropped: send boxes")
             crop = None
         inputs = await asyncio.to_thread(engine.prepare, pixels, boxes, crop)
         step = self.config.max_batch
@@ -482,16 +490,16 @@ class TeacherServer:
         try:
             form = await StarletteRequest(request.scope, replay).form(max_files=2, max_fields=8)
         except Exception as error:  # starlette raises its own errors for malformed multipart
-            raise ClientError(400, f"the multipart body cannot be parsed ({' '.join(str(error).split())[:200]})") from None
+            raise RequestRefused(400, f"the multipart body cannot be parsed ({' '.join(str(error).split())[:200]})") from None
         fields = {}
         for key, value in form.multi_items():
             fields[key] = await value.read() if hasattr(value, "read") else value
         unknown = set(fields) - {"images", "boxes", "enlarge", "min_size", "square"}
         if unknown:
-            raise ClientError(422, f"unknown multipart field(s) {sorted(unknown)}: use images, boxes, enlarge, "
-                                   "min_size, square")
+            raise RequestRefused(422, f"unknown multipart field(s) {sorted(unknown)}: use images, boxes, enlarge, "
+                                 "min_size, square")
         if "images" not in fields or isinstance(fields["images"], str):
-            raise ClientError(422, "the multipart body needs an 'images' file field (an .npy array)")
+            raise RequestRefused(422, "the multipart body needs an 'images' file field (an .npy array)")
         boxes = fields.get("boxes", params.get("boxes"))
         return fields["images"], boxes, {**params, **{k: fields[k] for k in ("enlarge", "min_size", "square")
                                                       if k in fields}}
