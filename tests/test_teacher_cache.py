@@ -115,6 +115,28 @@ def test_training_with_the_cache_never_runs_the_teacher(cache_dir, overrides):
     assert image_tower_calls("--data.init_args.teacher_cache", str(cache_dir)) == 0
 
 
+def test_each_epoch_replays_the_next_stored_view(cache_dir, overrides):
+    """Epoch e trains on stored view e mod K of every sample: three epochs, three views, none repeated."""
+    from lightning.pytorch.callbacks import Callback
+
+    cache = TeacherCache(cache_dir)
+    seen: dict[int, set[int]] = {}
+
+    class CheckTargets(Callback):
+        def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
+            view = trainer.current_epoch % cache.views
+            for index, target in zip(batch["index"].tolist(), batch["teacher"]["frames"]):
+                torch.testing.assert_close(target, cache.targets(index, view)["frames"], rtol=0, atol=0)
+                seen.setdefault(index, set()).add(view)
+
+    cli = build_from_config([*overrides, "--trainer.max_epochs", "3", "--trainer.limit_val_batches", "0",
+                             "--trainer.enable_checkpointing", "false", "--trainer.callbacks", "[]",
+                             "--data.init_args.teacher_cache", str(cache_dir)])
+    cli.trainer.callbacks.append(CheckTargets())
+    cli.trainer.fit(cli.model, datamodule=cli.datamodule)
+    assert seen == {index: {0, 1, 2} for index in range(12)}
+
+
 def test_verify_finds_a_damaged_shard(cache_dir, tmp_path, capsys):
     assert main(["cache", "--verify", str(cache_dir)]) == 0
     assert "all 3 shard(s) match" in capsys.readouterr().out

@@ -23,7 +23,7 @@ import lightning.pytorch as pl
 from torch.utils.data import DataLoader
 
 from vlkd.data.annotations import read_annotations, read_class_names
-from vlkd.data.datasets import VideoClipDataset, collate_clips
+from vlkd.data.datasets import EpochSampler, VideoClipDataset, collate_clips
 from vlkd.data.sampling import FrameSampler
 from vlkd.data.splits import base2novel_files, load_base2novel, load_zero_shot
 from vlkd.data.transforms import check_scale_jitter
@@ -275,11 +275,12 @@ class VideoDataModule(pl.LightningDataModule):
         return {}
 
     # -- loaders ------------------------------------------------------------------
-    def _loader(self, dataset: VideoClipDataset, batch_size: int, shuffle: bool) -> DataLoader:
+    def _loader(self, dataset: VideoClipDataset, batch_size: int, shuffle: bool, sampler=None) -> DataLoader:
         return DataLoader(
             dataset,
             batch_size=batch_size,
-            shuffle=shuffle,
+            shuffle=shuffle if sampler is None else None,
+            sampler=sampler,
             num_workers=self.num_workers,
             collate_fn=collate_clips,
             persistent_workers=self.num_workers > 0,
@@ -290,6 +291,10 @@ class VideoDataModule(pl.LightningDataModule):
     def train_dataloader(self) -> DataLoader:
         if self.train_dataset is None:
             raise ConfigError("this data module has no training list: set data.base2novel or data.train_list")
+        if self.teacher_cache_reader is not None:
+            # Replaying a cache: the sampler tells each item its epoch, which picks its stored view.
+            return self._loader(self.train_dataset, self.batch_size, shuffle=True,
+                                sampler=EpochSampler(len(self.train_dataset)))
         return self._loader(self.train_dataset, self.batch_size, shuffle=True)
 
     def val_dataloader(self) -> list[DataLoader]:

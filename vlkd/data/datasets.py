@@ -8,7 +8,13 @@ report them at the end of the epoch even when decoding ran in worker processes.
 A training view is a :class:`ClipView` (frame indices and a crop), drawn first
 and then cut, so it can be stored and cut again: ``vlkd cache`` stores the views
 it showed the teacher, and a dataset given that cache (``teacher_cache``) replays
-one of them each time, with the teacher's outputs for exactly those pixels.
+one of them each time, with the teacher's outputs for exactly those pixels. Fed
+by an :class:`EpochSampler`, it shows view ``e mod K`` in epoch ``e``, so with
+``K`` at least the number of epochs every epoch brings each sample a view it has
+not shown before, as live augmentation does (FKD stores one view per epoch for the
+same reason). Drawn at random instead, 8 views over 8 epochs leave about a third
+of the epochs repeating a view (see the README's teacher service section for what
+that cost FROSTER).
 """
 
 from __future__ import annotations
@@ -19,7 +25,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 
 import torch
-from torch.utils.data import Dataset
+from torch.utils.data import Dataset, Sampler
 
 from vlkd.data.annotations import VideoSample
 from vlkd.data.sampling import FrameSampler
@@ -112,7 +118,9 @@ class VideoClipDataset(Dataset):
     def path_of(self, index: int) -> Path:
         return self.root / self.samples[index].path
 
-    def __getitem__(self, index: int) -> dict:
+    def __getitem__(self, index: int | tuple[int, int]) -> dict:
+        # An EpochSampler hands over (index, epoch): the epoch picks a cached sample's stored view.
+        index, epoch = index if isinstance(index, tuple) else (index, None)
         # Training draws from torch's generator, which Lightning seeds and the
         # DataLoader gives each worker its own stream of (so epochs differ);
         # evaluation is a fixed function of the seed and the index.
@@ -121,7 +129,7 @@ class VideoClipDataset(Dataset):
         skipped: list[str] = []
         while True:
             try:
-                item = {**self._load(index, rng), "index": index, "skipped": skipped}
+                item = {**self._load(index, rng, epoch), "index": index, "skipped": skipped}
                 if skipped and not self.train:
                     item["label"] = -1
                 return item
@@ -134,10 +142,10 @@ class VideoClipDataset(Dataset):
                     ) from None
                 index = rng.randrange(len(self.samples))
 
-    def _load(self, index: int, rng: random.Random) -> dict:
+    def _load(self, index: int, rng: random.Random, epoch: int | None = None) -> dict:
         sample = self.samples[index]
         if self.train and self.teacher_cache is not None:
-            return self._load_cached(index, rng)
+            return self._load_cached(index, rng, epoch)
         if self.train:
             video, _ = self.draw_view(index, rng)
             return {"video": video, "label": sample.label}
@@ -179,14 +187,40 @@ class VideoClipDataset(Dataset):
         (frames,) = read_clip(self.path_of(index), lambda info: [list(view.frames)], backend=self.backend)
         return apply_crop(frames.float().div_(255.0), view.crop)
 
-    def _load_cached(self, index: int, rng: random.Random) -> dict:
+    def _load_cached(self, index: int, rng: random.Random, epoch: int | None) -> dict:
         cache = self.teacher_cache
         if not cache.has(index):
             raise VideoReadError(self.path_of(index), "not in the teacher cache (it was unreadable when the cache was built)")
-        view_index = rng.randrange(cache.views)
+        # The stored views are independent draws: epoch e takes view e mod K (see the module docstring).
+        view_index = epoch % cache.views if epoch is not None else rng.randrange(cache.views)
         view = ClipView.from_tensors(cache.view(index, view_index))
         return {"video": self.replay_view(index, view), "label": self.samples[index].label,
                 "teacher": cache.targets(index, view_index)}
+
+
+class EpochSampler(Sampler):
+    """A new random order every epoch that also tells the dataset the epoch: yields ``(index, epoch)``.
+
+    Lightning calls :meth:`set_epoch` before each epoch (also after resuming, and on every DDP
+    rank through its sampler wrapper). The order depends only on the epoch and a base seed
+    drawn from torch's generator at construction (which ``seed_everything`` sets alike on
+    every rank), so all ranks agree on it, as Lightning's distributed wrapper requires.
+    """
+
+    def __init__(self, size: int):
+        self.size = size
+        self.epoch = 0
+        self.base_seed = int(torch.randint(2**62, ()).item())
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __len__(self) -> int:
+        return self.size
+
+    def __iter__(self):
+        generator = torch.Generator().manual_seed(self.base_seed + self.epoch)
+        return iter([(index, self.epoch) for index in torch.randperm(self.size, generator=generator).tolist()])
 
 
 def collate_clips(items: list[dict]) -> dict:
