@@ -28,16 +28,30 @@ class MissingFileError(VlkdError, FileNotFoundError):
         super().__init__(message)
 
 
-class VideoReadError(VlkdError, RuntimeError):
-    """A video file is missing, truncated or cannot be decoded.
+class MediaReadError(VlkdError, RuntimeError):
+    """A video or image file is missing, truncated or cannot be decoded.
 
     Datasets catch this error, skip the sample, and report it at the end of the epoch.
     """
 
+    kind = "file"
+
     def __init__(self, path: str | Path, reason: str):
         self.path = Path(path)
         self.reason = reason
-        super().__init__(f"cannot read video {self.path}: {reason}")
+        super().__init__(f"cannot read {self.kind} {self.path}: {reason}")
+
+
+class VideoReadError(MediaReadError):
+    """A video file is missing, truncated or cannot be decoded."""
+
+    kind = "video"
+
+
+class ImageReadError(MediaReadError):
+    """An image file is missing, truncated or cannot be decoded."""
+
+    kind = "image"
 
 
 class WeightsNotFoundError(VlkdError, FileNotFoundError):

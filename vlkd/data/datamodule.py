@@ -88,6 +88,7 @@ class EvalSet:
     # Named subsets of the classes (indices into class_names) also scored on their own,
     # e.g. SynthActions' {"static": [...], "temporal": [...]}; empty for real datasets.
     subsets: dict[str, list[int]] = field(default_factory=dict)
+    unit: str = "videos"  # what the samples are: the name of the sample count in results
 
 
 class VideoDataModule(pl.LightningDataModule):

@@ -31,7 +31,7 @@ from vlkd.data.annotations import VideoSample
 from vlkd.data.sampling import FrameSampler
 from vlkd.data.transforms import CropParams, apply_crop, eval_crop, eval_transform, sample_train_crop
 from vlkd.data.video import read_clip
-from vlkd.errors import VideoReadError, VlkdError
+from vlkd.errors import MediaReadError, VideoReadError, VlkdError
 
 
 @dataclass(frozen=True)
@@ -51,10 +51,62 @@ class ClipView:
 
 
 class TooManyUnreadableVideos(VlkdError):
-    """Raised when many videos in a row fail: the root or the list is wrong, not one file."""
+    """Raised when many files in a row fail: the root or the list is wrong, not one file."""
 
 
-class VideoClipDataset(Dataset):
+class SkippingDataset(Dataset):
+    """A dataset of files that skips the unreadable ones: what video and image datasets share.
+
+    A subclass sets ``root``, ``samples``, ``train``, ``seed`` and ``max_consecutive_failures``
+    and implements ``_load(index, rng, epoch) -> dict``, raising
+    :class:`~vlkd.errors.MediaReadError` for a file it cannot read. :meth:`__getitem__` then
+    returns the item with ``index`` (the sample actually returned) and ``skipped`` (the files
+    that failed and were replaced by a random other sample, reported by the method at the
+    end of the epoch); in evaluation a replaced item gets label ``-1`` and is left out of
+    the accuracy.
+    """
+
+    root: Path
+    samples: list
+    train: bool
+    seed: int
+    max_consecutive_failures: int
+
+    def __len__(self) -> int:
+        return len(self.samples)
+
+    def path_of(self, index: int) -> Path:
+        return self.root / self.samples[index].path
+
+    def __getitem__(self, index: int | tuple[int, int]) -> dict:
+        # An EpochSampler hands over (index, epoch): the epoch picks a cached sample's stored view.
+        index, epoch = index if isinstance(index, tuple) else (index, None)
+        # Training draws from torch's generator, which Lightning seeds and the
+        # DataLoader gives each worker its own stream of (so epochs differ);
+        # evaluation is a fixed function of the seed and the index.
+        item_seed = int(torch.randint(2**62, ()).item()) if self.train else hash((self.seed, index))
+        rng = random.Random(item_seed)
+        skipped: list[str] = []
+        while True:
+            try:
+                item = {**self._load(index, rng, epoch), "index": index, "skipped": skipped}
+                if skipped and not self.train:
+                    item["label"] = -1
+                return item
+            except MediaReadError as error:
+                skipped.append(f"{error.path}: {error.reason}")
+                if len(skipped) >= self.max_consecutive_failures:
+                    raise TooManyUnreadableVideos(
+                        f"{len(skipped)} {error.kind}s in a row could not be read under {self.root} "
+                        f"(last: {skipped[-1]}): check the data root and the annotation list"
+                    ) from None
+                index = rng.randrange(len(self.samples))
+
+    def _load(self, index: int, rng: random.Random, epoch: int | None = None) -> dict:
+        raise NotImplementedError
+
+
+class VideoClipDataset(SkippingDataset):
     """Clips of ``num_frames`` frames from the videos in ``samples``.
 
     Each item is a dict:
@@ -111,36 +163,6 @@ class VideoClipDataset(Dataset):
         self.seed = seed
         # A vlkd.teacher.cache.TeacherCache whose stored views training replays (set by the data module).
         self.teacher_cache = None
-
-    def __len__(self) -> int:
-        return len(self.samples)
-
-    def path_of(self, index: int) -> Path:
-        return self.root / self.samples[index].path
-
-    def __getitem__(self, index: int | tuple[int, int]) -> dict:
-        # An EpochSampler hands over (index, epoch): the epoch picks a cached sample's stored view.
-        index, epoch = index if isinstance(index, tuple) else (index, None)
-        # Training draws from torch's generator, which Lightning seeds and the
-        # DataLoader gives each worker its own stream of (so epochs differ);
-        # evaluation is a fixed function of the seed and the index.
-        item_seed = int(torch.randint(2**62, ()).item()) if self.train else hash((self.seed, index))
-        rng = random.Random(item_seed)
-        skipped: list[str] = []
-        while True:
-            try:
-                item = {**self._load(index, rng, epoch), "index": index, "skipped": skipped}
-                if skipped and not self.train:
-                    item["label"] = -1
-                return item
-            except VideoReadError as error:
-                skipped.append(f"{error.path}: {error.reason}")
-                if len(skipped) >= self.max_consecutive_failures:
-                    raise TooManyUnreadableVideos(
-                        f"{len(skipped)} videos in a row could not be read under {self.root} "
-                        f"(last: {skipped[-1]}): check the data root and the annotation list"
-                    ) from None
-                index = rng.randrange(len(self.samples))
 
     def _load(self, index: int, rng: random.Random, epoch: int | None = None) -> dict:
         sample = self.samples[index]

@@ -127,7 +127,7 @@ class OpenVocabAccuracy(torchmetrics.Metric):
     ``{"base": 200, "novel": 200}`` for base-to-novel or ``{"ucf101": 101}`` for a
     cross-dataset zero-shot run.  :meth:`compute` returns 0-d tensors in percent:
     ``<group>_top1``, ``<group>_top<k>``, ``<group>_mean_class`` (percent) and
-    ``<group>_videos`` (the sample count) for every group
+    ``<group>_<unit>`` (the sample count; ``unit`` is ``videos`` or ``images``) for every group
     that received samples, and ``hm`` (of ``base_top1`` and ``novel_top1``) when
     both ``base`` and ``novel`` did.  All state is integer counts summed across
     DDP ranks, so the result is exact under distributed evaluation (apart from
@@ -144,8 +144,10 @@ class OpenVocabAccuracy(torchmetrics.Metric):
     is_differentiable = False
 
     def __init__(self, num_classes: Mapping[str, int], top_k: int = 5,
-                 subsets: Mapping[str, Mapping[str, Sequence[int]]] | None = None, **kwargs: Any) -> None:
+                 subsets: Mapping[str, Mapping[str, Sequence[int]]] | None = None, unit: str = "videos",
+                 **kwargs: Any) -> None:
         super().__init__(**kwargs)
+        self.unit = unit
         if not num_classes:
             raise ValueError("OpenVocabAccuracy needs at least one group, e.g. {'base': 200, 'novel': 200}")
         (self.top_k,) = _check_ks((top_k,))
@@ -188,7 +190,7 @@ class OpenVocabAccuracy(torchmetrics.Metric):
             results[f"{group}_top1"] = 100.0 * hits.sum().double() / total
             results[f"{group}_top{self.top_k}"] = 100.0 * getattr(self, f"{group}_topk_hits").double() / total
             results[f"{group}_mean_class"] = 100.0 * (hits[present].double() / support[present]).mean()
-            results[f"{group}_videos"] = total.double()  # how many samples the accuracies are over
+            results[f"{group}_{self.unit}"] = total.double()  # how many samples the accuracies are over
             for name, ids in self.subsets.get(group, {}).items():
                 subset_total = support[ids].sum()
                 if subset_total > 0:

@@ -1,6 +1,6 @@
 """One LightningModule per method; every one is named in configs by ``class_path`` (short names work)."""
 
-from vlkd.methods.base import VideoMethod, trainable_parameters
+from vlkd.methods.base import ClassificationMethod, trainable_parameters
 from vlkd.methods.callbacks import EpochWeightAveraging
 from vlkd.methods.finetune import FineTuneCLIP
 from vlkd.methods.froster import FROSTER
@@ -12,7 +12,7 @@ __all__ = [
     "EpochWeightAveraging",
     "FineTuneCLIP",
     "ResidualViTDistillation",
-    "VideoMethod",
+    "ClassificationMethod",
     "ZeroShotCLIP",
     "trainable_parameters",
 ]

@@ -1,17 +1,23 @@
-"""What every video method shares: open-vocabulary evaluation and data bookkeeping.
+"""What every classification method shares, for clips and images: open-vocabulary evaluation and data bookkeeping.
 
-A method subclasses :class:`VideoMethod` and implements :meth:`VideoMethod.classify`
-(video clips + class names -> logits). This base class then
+A method subclasses :class:`ClassificationMethod` and implements
+:meth:`ClassificationMethod.classify` (clips or images + class names -> logits).
+This base class then
 
-* evaluates every validation/test dataloader against its own class names
-  (base, novel, cross-dataset sets; see :class:`vlkd.data.VideoDataModule`),
-  averaging logits over temporal views, and logs top-1/top-5/mean-class
-  accuracy per set plus the base/novel harmonic mean;
+* evaluates every validation/test dataloader against its own class names: the
+  data module names them per loop (``val_sets`` / ``test_sets``: base, novel and
+  cross-dataset sets of :class:`vlkd.data.VideoDataModule`; the validation and
+  test splits of :class:`vlkd.data.ImageDataModule`), averaging a clip's logits
+  over its temporal views, and logs top-1/top-5/mean-class accuracy per set plus
+  the base/novel harmonic mean;
 * writes ``results.json`` / ``results.md`` into the run's log folder after ``test``
   (and ``validate``) and prints the table; a zero-shot dataset evaluated on
   several splits also gets its top-1 mean ± std over them under its own name;
-* counts the videos the datasets had to skip and reports them at the end of
-  each epoch, in the log and in ``skipped_videos.txt``.
+* counts the files (videos or images) the datasets had to skip and reports them
+  at the end of each epoch, in the log and in ``skipped_videos.txt``.
+
+A batch carries ``video`` ``(B, V, T, C, H, W)`` or ``image`` ``(B, C, H, W)``
+pixels in [0, 1] (see :meth:`ClassificationMethod.eval_logits`).
 """
 
 from __future__ import annotations
@@ -36,8 +42,8 @@ def trainable_parameters(module: nn.Module) -> list[nn.Parameter]:
     return [p for p in module.parameters() if p.requires_grad]
 
 
-class VideoMethod(pl.LightningModule):
-    """Base class of the video methods (see the module docstring)."""
+class ClassificationMethod(pl.LightningModule):
+    """Base class of the classification methods (see the module docstring)."""
 
     def __init__(self) -> None:
         super().__init__()
@@ -46,8 +52,9 @@ class VideoMethod(pl.LightningModule):
         self._eval_metric: OpenVocabAccuracy | None = None
 
     # -- what a method provides ------------------------------------------------------
-    def classify(self, video: torch.Tensor, class_names: list[str]) -> torch.Tensor:
-        """(N, T, C, H, W) clips in [0, 1] -> (N, len(class_names)) logits."""
+    def classify(self, pixels: torch.Tensor, class_names: list[str]) -> torch.Tensor:
+        """(N, T, C, H, W) clips (video methods) or (N, C, H, W) images (image methods) in [0, 1]
+        -> (N, len(class_names)) logits."""
         raise NotImplementedError
 
     def teacher_targets(self, batch: dict) -> dict[str, torch.Tensor]:
@@ -77,15 +84,21 @@ class VideoMethod(pl.LightningModule):
             cache.check_method(self)
 
     # -- evaluation --------------------------------------------------------------------
-    def eval_sets(self):
+    def eval_sets(self, stage: str | None = None):
+        """The evaluation sets of ``stage``'s loop (``val`` or ``test``; default: the loop running now),
+        in the order of its dataloaders."""
+        stage = stage or self._eval_stage()
         datamodule = getattr(self.trainer, "datamodule", None)
-        sets = getattr(datamodule, "eval_sets", None)
+        sets = getattr(datamodule, f"{stage}_sets", None) or getattr(datamodule, "eval_sets", None)
         if not sets:
             raise ConfigError(
                 "evaluation needs a data module with evaluation sets (vlkd.data.VideoDataModule with "
-                "base2novel or zero_shot): set data in the config"
+                "base2novel or zero_shot, vlkd.data.ImageDataModule with a val or test split): set data in the config"
             )
         return sets
+
+    def _eval_stage(self) -> str:
+        return "test" if self.trainer.testing else "val"
 
     def view_averaged_logits(self, video: torch.Tensor, class_names: list[str]) -> torch.Tensor:
         """(B, V, T, C, H, W) clips with V temporal views -> (B, K) logits averaged over views."""
@@ -93,23 +106,35 @@ class VideoMethod(pl.LightningModule):
         logits = self.classify(video.flatten(0, 1), class_names)
         return logits.view(batch, views, -1).mean(dim=1)
 
+    def eval_logits(self, batch: dict, keep: torch.Tensor, class_names: list[str]) -> torch.Tensor:
+        """Logits of the ``keep`` rows of an evaluation batch: clips averaged over their views, or images."""
+        if "video" in batch:
+            return self.view_averaged_logits(batch["video"][keep], class_names)
+        return self.classify(batch["image"][keep], class_names)
+
     def _start_eval(self) -> None:
         sets = self.eval_sets()
         self._eval_metric = OpenVocabAccuracy(
-            {s.name: len(s.class_names) for s in sets}, subsets={s.name: s.subsets for s in sets if s.subsets}
+            {s.name: len(s.class_names) for s in sets}, subsets={s.name: s.subsets for s in sets if s.subsets},
+            unit=sets[0].unit,
         ).to(self.device)
 
     def _eval_step(self, batch: dict, dataloader_idx: int) -> None:
         eval_set = self.eval_sets()[dataloader_idx]
         self._skipped.extend(batch["skipped"])
-        readable = batch["label"] >= 0  # unreadable videos are reported, not scored
+        readable = batch["label"] >= 0  # unreadable files are reported, not scored
         if not readable.any():
             return
-        logits = self.view_averaged_logits(batch["video"][readable], eval_set.class_names)
+        logits = self.eval_logits(batch, readable, eval_set.class_names)
         self._eval_metric.update(logits, batch["label"][readable], group=eval_set.name)
+
+    def extra_eval_results(self, stage: str) -> dict[str, float]:
+        """Further numbers a method reports with an evaluation (logged and written to results.json)."""
+        return {}
 
     def _end_eval(self, stage: str) -> None:
         results = {name: float(value) for name, value in self._eval_metric.compute().items()}
+        results.update(self.extra_eval_results(stage))
         self._eval_metric.reset()
         self.eval_results = results
         self.log_dict({f"{stage}/{name}": value for name, value in results.items()}, sync_dist=False)
@@ -128,11 +153,13 @@ class VideoMethod(pl.LightningModule):
         }
         if "hm" in results:
             headline["hm"] = results["hm"]
+        if not headline:  # no base/novel protocol (e.g. an image benchmark's test split): each set's top-1
+            headline = {f"{s.name}_top1": results[f"{s.name}_top1"] for s in self.eval_sets() if f"{s.name}_top1" in results}
         headline.update(self._split_summaries(results))
         summary = {**headline, "metrics": results, "stage": stage}
         json_path, _ = write_results(summary, out_dir, name="results")
         rows = [
-            {"set": name, **{m: results[f"{name}_{m}"] for m in ("top1", "top5", "mean_class", "videos") if f"{name}_{m}" in results}}
+            {"set": name, **{m: results[f"{name}_{m}"] for m in ("top1", "top5", "mean_class", self._eval_metric_unit()) if f"{name}_{m}" in results}}
             for name in (eval_set.name for eval_set in self.eval_sets())
         ]
         table = markdown_table(rows)
@@ -140,6 +167,9 @@ class VideoMethod(pl.LightningModule):
         if headline:
             print("  ".join(f"{key}: {format_cell(value)}" for key, value in headline.items()))
         print(f"results written to {json_path}")
+
+    def _eval_metric_unit(self) -> str:
+        return self.eval_sets()[0].unit
 
     def _split_summaries(self, results: dict[str, float]) -> dict[str, MeanStd]:
         """Top-1 mean ± std over the splits of each zero-shot dataset evaluated on several."""

@@ -51,7 +51,7 @@ import torch
 import torch.nn.functional as F
 
 from vlkd.errors import ConfigError, MissingFileError
-from vlkd.methods.base import VideoMethod, trainable_parameters
+from vlkd.methods.base import ClassificationMethod, trainable_parameters
 from vlkd.models import create_student
 from vlkd.teacher import FrozenCLIP, TeacherSpec, resolve_templates
 from vlkd.teacher.prompts import class_prompts
@@ -65,7 +65,7 @@ POOLINGS = ("logits", "features")
 NO_DECAY_NAMES = ("embedding",)
 
 
-class VideoCLIPMethod(VideoMethod):
+class VideoCLIPMethod(ClassificationMethod):
     """Fine-tunes a :class:`~vlkd.models.VideoCLIP` student with cross-entropy (see the module docstring).
 
     Subclasses add loss terms through :meth:`extra_losses`, and set ``initial_weights``,

@@ -69,7 +69,7 @@ import torch
 import torch.nn.functional as F
 
 from vlkd.errors import ConfigError
-from vlkd.methods.base import VideoMethod, trainable_parameters
+from vlkd.methods.base import ClassificationMethod, trainable_parameters
 from vlkd.methods.finetune import step_schedule
 from vlkd.models import create_student
 from vlkd.models.residual_vit import SELECTIONS, TOKENIZER_FILE
@@ -80,7 +80,7 @@ log = logging.getLogger(__name__)
 LOSSES = ("soft_ce", "cosine", "mse")
 
 
-class ResidualViTDistillation(VideoMethod):
+class ResidualViTDistillation(ClassificationMethod):
     """Trains ResidualViT's residual tokenizer by distillation from the frozen CLIP (module docstring).
 
     Args:

@@ -1,7 +1,7 @@
-"""Frozen CLIP zero-shot video classification: the "frozen CLIP" row of the papers' tables.
+"""Frozen CLIP zero-shot classification of clips and images: the "frozen CLIP" row of the papers' tables.
 
-Each frame is embedded by the frozen image tower, compared with the
-prompt-ensembled class embeddings, and the per-frame logits are averaged over
+Each frame (or image) is embedded by the frozen image tower and compared with the
+prompt-ensembled class embeddings; a clip's per-frame logits are averaged over
 time (and over temporal views). Nothing is trained; run it with
 ``vlkd validate`` or ``vlkd test``. The teacher may be in-process or a ``vlkd serve``
 server (``--model.init_args.teacher_service.url``), which must serve the model and
@@ -12,12 +12,12 @@ from __future__ import annotations
 
 import torch
 
-from vlkd.methods.base import VideoMethod
+from vlkd.methods.base import ClassificationMethod
 from vlkd.teacher import TeacherServiceSpec, TeacherSpec
 
 
-class ZeroShotCLIP(VideoMethod):
-    """Frozen CLIP, per-frame logits averaged over time.
+class ZeroShotCLIP(ClassificationMethod):
+    """Frozen CLIP: image logits, or per-frame logits averaged over time.
 
     Args:
         teacher: which CLIP weights to use.
@@ -36,8 +36,10 @@ class ZeroShotCLIP(VideoMethod):
             self.teacher = teacher.build()
         self.templates = templates
 
-    def classify(self, video: torch.Tensor, class_names: list[str]) -> torch.Tensor:
-        frames = self.teacher.encode_frames(video)  # (N, T, D)
+    def classify(self, pixels: torch.Tensor, class_names: list[str]) -> torch.Tensor:
+        if pixels.ndim == 4:  # (N, C, H, W) images
+            return self.teacher.zero_shot_logits(pixels, class_names, self.templates)
+        frames = self.teacher.encode_frames(pixels)  # (N, T, D)
         text = self.teacher.encode_text(class_names, self.templates)  # (K, D)
         per_frame = self.teacher.logit_scale * frames @ text.T  # (N, T, K)
         return per_frame.mean(dim=1)
