@@ -64,6 +64,7 @@ def _lightning_cli_class():
     # Importing the packages registers vlkd's modules as subclasses, so configs
     # can name them by short class name.
     import vlkd.data.datamodule  # noqa: F401
+    import vlkd.data.image_datamodule  # noqa: F401
     import vlkd.methods  # noqa: F401
 
     class VlkdLightningCLI(LightningCLI):

@@ -1,4 +1,4 @@
-"""``vlkd synth``: build the offline world (SynthActions videos) and its tiny CLIP teacher."""
+"""``vlkd synth``: build the offline worlds (SynthActions videos, SynthImages stills) and their tiny CLIP teacher."""
 
 from __future__ import annotations
 
@@ -26,6 +26,16 @@ def build_parser() -> argparse.ArgumentParser:
     actions.add_argument("--workers", type=int, default=None, help="render processes (default: up to 2)")
     actions.add_argument("--force", action="store_true", help="render again even if the folder is up to date")
 
+    images = sub.add_parser("images", help="render the SynthImages world (CoOp layout, labelled-subset lists)")
+    images.add_argument("--out", required=True, help="output folder")
+    images.add_argument("--seed", type=int, default=0, help="world seed (default 0)")
+    images.add_argument("--size", type=int, default=64, help="image side in pixels (default 64)")
+    images.add_argument("--pool-per-class", type=int, default=100,
+                        help="training images per class: the labelled subsets and the unlabelled pool (default 100)")
+    images.add_argument("--val-per-class", type=int, default=10, help="validation images per class (default 10)")
+    images.add_argument("--test-per-class", type=int, default=30, help="test images per class (default 30)")
+    images.add_argument("--force", action="store_true", help="render again even if the folder is up to date")
+
     teacher = sub.add_parser("teacher", help="pretrain the tiny CLIP teacher on captioned still frames")
     teacher.add_argument("--out", required=True, help="output folder for the open_clip config and weights")
     teacher.add_argument("--seed", type=int, default=0, help="training seed (default 0)")
@@ -52,6 +62,15 @@ def main(argv: Sequence[str]) -> int:
         )
         state = f"rendered {data.rendered} clips in {data.seconds:.0f} s" if data.rendered else "already up to date"
         print(f"SynthActions '{data.name}' in {data.root}: {len(data.world.classes)} classes, {state}")
+        return 0
+    if args.what == "images":
+        from vlkd.data.synthetic.images import generate_images
+
+        world = generate_images(args.out, seed=args.seed, size=args.size, pool_per_class=args.pool_per_class,
+                                val_per_class=args.val_per_class, test_per_class=args.test_per_class, force=args.force)
+        state = f"rendered {world.rendered} images in {world.seconds:.0f} s" if world.rendered else "already up to date"
+        print(f"SynthImages in {world.root}: {len(world.class_names)} classes, {world.counts}, {state}; "
+              f"split file {world.split_file.name}, labelled lists in labelled/")
         return 0
     from vlkd.teacher.pretrain import pretrain_teacher
 

@@ -1,4 +1,4 @@
-"""Video data: decoding backends, frame samplers, annotation lists, splits, datasets and the data module.
+"""Video and image data: decoding backends, frame samplers, annotation lists, splits, datasets and the data modules.
 
 Names are imported lazily so that light users (the teacher uses the transforms,
 a split script uses the list readers) do not pay for importing Lightning.
@@ -22,6 +22,13 @@ _EXPORTS = {
     "VideoDataModule": "vlkd.data.datamodule",
     "ZeroShotSpec": "vlkd.data.datamodule",
     "SynthActionsDataModule": "vlkd.data.datamodule",
+    "ImageSample": "vlkd.data.images",
+    "ImageDataset": "vlkd.data.images",
+    "load_imagenet_subset": "vlkd.data.images",
+    "read_split_zhou": "vlkd.data.images",
+    "read_subset_list": "vlkd.data.images",
+    "ImageDataModule": "vlkd.data.image_datamodule",
+    "SynthImagesDataModule": "vlkd.data.image_datamodule",
 }
 
 __all__ = sorted(_EXPORTS)

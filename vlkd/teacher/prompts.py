@@ -35,10 +35,23 @@ VIDEO_TEMPLATES: tuple[str, ...] = (
     "a low resolution video of a person {}.",
 )
 
+#: The seven ImageNet templates of CLIP's prompt-engineering notebook, the ensemble DHO's
+#: teacher uses for ImageNet.
+IMAGENET_TEMPLATES: tuple[str, ...] = (
+    "itap of a {}.",
+    "a bad photo of the {}.",
+    "a origami {}.",
+    "a photo of the large {}.",
+    "a {} in a video game.",
+    "art of the {}.",
+    "a photo of the small {}.",
+)
+
 #: Named template sets, so configs can say ``templates: video``.
 TEMPLATE_SETS: dict[str, tuple[str, ...]] = {
     "photo": PHOTO_TEMPLATES,
     "video": VIDEO_TEMPLATES,
+    "imagenet": IMAGENET_TEMPLATES,
     "none": ("{}",),
 }
 
