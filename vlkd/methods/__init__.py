@@ -2,12 +2,14 @@
 
 from vlkd.methods.base import ClassificationMethod, trainable_parameters
 from vlkd.methods.callbacks import EpochWeightAveraging
+from vlkd.methods.dho import DHO
 from vlkd.methods.finetune import FineTuneCLIP
 from vlkd.methods.froster import FROSTER
 from vlkd.methods.residualvit import ResidualViTDistillation
 from vlkd.methods.zeroshot import ZeroShotCLIP
 
 __all__ = [
+    "DHO",
     "FROSTER",
     "EpochWeightAveraging",
     "FineTuneCLIP",

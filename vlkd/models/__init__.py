@@ -11,10 +11,13 @@ from collections.abc import Callable
 from torch import nn
 
 from vlkd.errors import ConfigError
+from vlkd.models.dual_head import DualHeadClassifier, DualHeadOutput
 from vlkd.models.residual_vit import ResidualViT, StreamState, residual_vit_from_checkpoint
 from vlkd.models.video_clip import VideoCLIP
 
 __all__ = [
+    "DualHeadClassifier",
+    "DualHeadOutput",
     "ResidualViT",
     "StreamState",
     "VideoCLIP",
@@ -76,3 +79,11 @@ def residual_vit(
         teacher, 4 if group_size is None else group_size, 0.85 if drop_ratio is None else drop_ratio,
         selection, residual_token, tokenizer,
     )
+
+
+@register_student
+def dual_head(num_classes: int, backbone: str = "resnet18", pretrained: bool = False,
+              image_size: int | None = None) -> DualHeadClassifier:
+    """DHO's student: the timm model ``backbone`` with a CE head and a KD head (see
+    :class:`~vlkd.models.dual_head.DualHeadClassifier`; ``from_clip`` for a CLIP image tower)."""
+    return DualHeadClassifier.from_timm(backbone, num_classes, pretrained=pretrained, image_size=image_size)
