@@ -1,7 +1,7 @@
 """DHO on the offline SynthImages world: DHO against its baselines at 1 % and 10 % labels and 16 shots,
 DHO's heads alone, the teacher's zero-shot accuracy, and the gradient conflict of one head against two.
 
-    python benchmarks/dho_synth.py                                  # every regime, seeds 1-3 (~3 h on 2 cores)
+    python benchmarks/dho_synth.py                                  # every regime, seeds 1-3 (~4 h on 2 cores)
     python benchmarks/dho_synth.py --regimes 10percent --seeds 1 2 3 --variants dho logit_kd ce
 
 Every run is `python -m vlkd fit --config configs/dho_synth.yaml` with the regime's labelled list of split
