@@ -57,8 +57,7 @@ class TooManyUnreadableVideos(VlkdError):
 class SkippingDataset(Dataset):
     """A dataset of files that skips the unreadable ones: what video and image datasets share.
 
-    A subclass sets ``root``, ``samples``, ``train``, ``seed`` and ``max_consecutive_failures``
-    and implements ``_load(index, rng, epoch) -> dict``, raising
+    A subclass passes the shared settings to ``__init__`` and implements ``_load(index, rng, epoch) -> dict``, raising
     :class:`~vlkd.errors.MediaReadError` for a file it cannot read. :meth:`__getitem__` then
     returns the item with ``index`` (the sample actually returned) and ``skipped`` (the files
     that failed and were replaced by a random other sample, reported by the method at the
@@ -66,11 +65,16 @@ class SkippingDataset(Dataset):
     the accuracy.
     """
 
-    root: Path
-    samples: list
-    train: bool
-    seed: int
-    max_consecutive_failures: int
+    def __init__(self, root: str | Path, samples: Sequence, class_names: Sequence[str], train: bool, seed: int,
+                 max_consecutive_failures: int, empty_hint: str):
+        if not samples:
+            raise VlkdError(f"no samples for {root}: {empty_hint}")
+        self.root = Path(root)
+        self.samples = list(samples)
+        self.class_names = list(class_names)
+        self.train = train
+        self.seed = seed
+        self.max_consecutive_failures = max_consecutive_failures
 
     def __len__(self) -> int:
         return len(self.samples)
@@ -148,19 +152,13 @@ class VideoClipDataset(SkippingDataset):
         max_consecutive_failures: int = 20,
         seed: int = 0,
     ):
-        if not samples:
-            raise VlkdError(f"empty annotation list for video root {root}: check the list file")
-        self.root = Path(root)
-        self.samples = list(samples)
-        self.class_names = list(class_names)
+        super().__init__(root, samples, class_names, train, seed, max_consecutive_failures,
+                         "the annotation list is empty: check the list file")
         self.sampler = sampler
         self.image_size = image_size
-        self.train = train
         self.flip = flip
         self.scale_jitter = scale_jitter
         self.backend = backend
-        self.max_consecutive_failures = max_consecutive_failures
-        self.seed = seed
         # A vlkd.teacher.cache.TeacherCache whose stored views training replays (set by the data module).
         self.teacher_cache = None
 

@@ -261,20 +261,14 @@ class ImageDataset(SkippingDataset):
     def __init__(self, root: str | Path, samples: Sequence[ImageSample], class_names: Sequence[str],
                  image_size: int = 224, train: bool = False, crop_scale: tuple[float, float] = (0.5, 1.0),
                  flip: bool = True, max_consecutive_failures: int = 20, seed: int = 0):
-        if not samples:
-            raise VlkdError(f"no images for the image folder {root}: check the split file or subset list")
+        super().__init__(root, samples, class_names, train, seed, max_consecutive_failures,
+                         "no images: check the split file or subset list")
         low, high = crop_scale
         if not 0 < low <= high <= 1:
             raise ConfigError(f"crop_scale must satisfy 0 < low <= high <= 1, got {tuple(crop_scale)}")
-        self.root = Path(root)
-        self.samples = list(samples)
-        self.class_names = list(class_names)
         self.image_size = image_size
-        self.train = train
         self.crop_scale = (float(low), float(high))
         self.flip = flip
-        self.max_consecutive_failures = max_consecutive_failures
-        self.seed = seed
 
     def _load(self, index: int, rng: random.Random, epoch: int | None = None) -> dict:
         pixels = read_image(self.path_of(index)).float().div_(255.0)
