@@ -219,8 +219,6 @@ class SynthImagesDataModule(ImageDataModule):
         from vlkd.data.synthetic.images import DATASET_NAME
 
         self.world_root = Path(root).expanduser()
-        self.split = split
-        self.subset = labelled
         self.render = dict(render or {})
         named = labelled in ("1percent", "10percent") or labelled.startswith("shot_")
         listed = str(self.world_root / "labelled" / f"{labelled}_s{split}.txt") if named else labelled

@@ -90,23 +90,35 @@ def kd_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor, temperat
     return temperature**2 * F.kl_div(log_student, log_teacher, reduction="batchmean", log_target=True)
 
 
+def combination_hits(ce: torch.Tensor, kd: torch.Tensor, labels: torch.Tensor, alphas=ALPHAS, betas=BETAS
+                     ) -> torch.Tensor:
+    """``(len(alphas), len(betas))`` counts of images that ``alpha softmax(ce) + (1 - alpha) softmax(kd / beta)``
+    classifies right: counts, so that batches and DDP ranks can simply be summed."""
+    ce_prob = ce.float().softmax(dim=-1)
+    hits = torch.zeros(len(alphas), len(betas), dtype=torch.long, device=ce.device)
+    for j, beta in enumerate(betas):
+        kd_prob = (kd.float() / beta).softmax(dim=-1)
+        for i, alpha in enumerate(alphas):
+            hits[i, j] = ((alpha * ce_prob + (1 - alpha) * kd_prob).argmax(dim=-1) == labels).sum()
+    return hits
+
+
+def best_combination(hits: torch.Tensor, total: int, alphas=ALPHAS, betas=BETAS) -> tuple[float, float, float]:
+    """``(alpha, beta, top-1 %)`` of the most hits; ties go to the smallest alpha, then the smallest beta."""
+    if total <= 0:
+        raise ValueError("no labelled validation images to choose alpha and beta on")
+    flat = int(torch.argmax(hits.flatten()).item())  # the first maximum in (alpha, beta) order
+    i, j = divmod(flat, len(betas))
+    return alphas[i], betas[j], 100.0 * hits[i, j].item() / total
+
+
 def search_combination(ce: torch.Tensor, kd: torch.Tensor, labels: torch.Tensor, alphas=ALPHAS, betas=BETAS
                        ) -> tuple[float, float, float]:
     """``(alpha, beta, top-1 %)`` maximising top-1 of ``alpha softmax(ce) + (1 - alpha) softmax(kd / beta)``.
 
     Ties go to the first pair in grid order (alphas outer, ascending).
     """
-    if labels.numel() == 0:
-        raise ValueError("no labelled validation images to choose alpha and beta on")
-    best = (None, None, -1.0)
-    ce_prob = ce.float().softmax(dim=-1)
-    for beta in betas:
-        kd_prob = (kd.float() / beta).softmax(dim=-1)
-        for alpha in alphas:
-            accuracy = 100.0 * ((alpha * ce_prob + (1 - alpha) * kd_prob).argmax(dim=-1) == labels).double().mean().item()
-            if accuracy > best[2] or (accuracy == best[2] and (alpha, beta) < (best[0], best[1])):
-                best = (alpha, beta, accuracy)
-    return best
+    return best_combination(combination_hits(ce, kd, labels, alphas, betas), labels.numel(), alphas, betas)
 
 
 class DHO(ClassificationMethod):
@@ -176,7 +188,7 @@ class DHO(ClassificationMethod):
         self.class_names: list[str] = []
         self.student: DualHeadClassifier | None = None
         self.projector: nn.Linear | None = None
-        self._collected: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = []
+        self._collected: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor, int]] = []
         self._extra: dict[str, float] = {}
 
     # -- the student, built once the data names the classes ---------------------------------
@@ -226,13 +238,16 @@ class DHO(ClassificationMethod):
         return self.teacher.encode_images(images).float()
 
     # -- training ---------------------------------------------------------------------------
-    def distillation(self, out, images: torch.Tensor) -> torch.Tensor:
-        """The variant's distillation term for one batch (its outputs ``out`` on ``images``)."""
+    def teacher_targets_for(self, images: torch.Tensor) -> torch.Tensor:
+        """The variant's teacher targets: zero-shot logits, or image embeddings for ``feature_kd``."""
+        return self.teacher_embeddings(images) if self.variant == "feature_kd" else self.teacher_logits(images)
+
+    def distillation(self, out, target: torch.Tensor) -> torch.Tensor:
+        """The variant's distillation term for one batch: its outputs ``out`` against the teacher's ``target``."""
         if self.variant == "feature_kd":
-            target = self.teacher_embeddings(images)
             return (1.0 - F.cosine_similarity(self.projector(out.feature).float(), target, dim=-1)).mean()
         logits = out.kd if self.variant == "dho" else out.ce
-        return kd_loss(logits, self.teacher_logits(images), self.temperature)
+        return kd_loss(logits, target, self.temperature)
 
     def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
         labelled = batch["labelled"]
@@ -245,12 +260,16 @@ class DHO(ClassificationMethod):
         if self.variant == "ce":
             loss = ce
         else:
-            kd_labelled = self.distillation(out, images)
+            # One teacher pass for both batches; the student sees them apart (its BatchNorm statistics
+            # then come from labelled and unlabelled images separately, as in the authors' code).
+            both = images if unlabelled is None else torch.cat([images, unlabelled["image"]])
+            targets = self.teacher_targets_for(both)
+            kd_labelled = self.distillation(out, targets[: len(images)])
             losses["kd_labelled"] = kd_labelled
             distill = kd_labelled
             if unlabelled is not None:
                 out_u = self.student(unlabelled["image"])
-                losses["kd_unlabelled"] = self.distillation(out_u, unlabelled["image"])
+                losses["kd_unlabelled"] = self.distillation(out_u, targets[len(images):])
                 distill = distill + losses["kd_unlabelled"]
             loss = self.ce_weight * ce + (1.0 - self.ce_weight) * distill
             if self.conflict_every and self.global_step % self.conflict_every == 0:
@@ -286,37 +305,50 @@ class DHO(ClassificationMethod):
 
     def _start_eval(self) -> None:
         super()._start_eval()
-        self._collected = []
+        # Choosing alpha and beta needs the whole validation split; everything else is counted as it comes.
+        self._searching = self.variant == "dho" and self._eval_stage() != "test" and not self.trainer.sanity_checking
+        self._collected = []  # the validation outputs, scored once alpha and beta are chosen
+        self._grid_hits = torch.zeros(len(self.alphas), len(self.betas), dtype=torch.long, device=self.device)
+        self._head_hits = torch.zeros(2, dtype=torch.long, device=self.device)  # CE head, KD head
+        self._seen = torch.zeros((), dtype=torch.long, device=self.device)
 
     def _eval_step(self, batch: dict, dataloader_idx: int) -> None:
         self._skipped.extend(batch["skipped"])
         keep = batch["label"] >= 0
-        if keep.any():
-            out = self.student(batch["image"][keep])
-            self._collected.append((out.ce.float(), out.kd.float(), batch["label"][keep], dataloader_idx))
+        if not keep.any():
+            return
+        out, labels = self.student(batch["image"][keep]), batch["label"][keep]
+        self._seen += labels.numel()
+        self._head_hits += torch.stack([(out.ce.argmax(-1) == labels).sum(), (out.kd.argmax(-1) == labels).sum()])
+        if self._searching:
+            self._grid_hits += combination_hits(out.ce, out.kd, labels, self.alphas, self.betas)
+            self._collected.append((out.ce.float(), out.kd.float(), labels, dataloader_idx))
+        else:
+            self._score(out.ce, out.kd, labels, dataloader_idx)
+
+    def _score(self, ce: torch.Tensor, kd: torch.Tensor, labels: torch.Tensor, dataloader_idx: int) -> None:
+        combined = self.student.combine(ce.float(), kd.float(), self.student.alpha, self.student.beta)
+        self._eval_metric.update(combined.clamp_min(1e-12).log(), labels, group=self.eval_sets()[dataloader_idx].name)
 
     def _end_eval(self, stage: str) -> None:
-        sets = self.eval_sets()
-        gathered = {}
-        for ce, kd, labels, index in self._collected:
-            parts = gathered.setdefault(index, ([], [], []))
-            for part, value in zip(parts, (ce, kd, labels)):
-                part.append(value)
-        self._collected = []
+        # Counts summed over DDP ranks, so every rank chooses the same alpha and beta.
+        reduce = self.trainer.strategy.reduce
+        seen = int(reduce(self._seen, reduce_op="sum").item())
+        head_hits = reduce(self._head_hits, reduce_op="sum")
+        name = "_".join(s.name for s in self.eval_sets())
         self._extra = {}
-        for index, (ce, kd, labels) in sorted(gathered.items()):
-            ce, kd, labels = torch.cat(ce), torch.cat(kd), torch.cat(labels)
-            name = sets[index].name
-            if self.variant == "dho" and stage != "test" and not self.trainer.sanity_checking:
-                alpha, beta, accuracy = search_combination(ce, kd, labels, self.alphas, self.betas)
-                self.student.alpha.fill_(alpha)
-                self.student.beta.fill_(beta)
-                self._extra[f"{name}_search_top1"] = accuracy
-            combined = self.student.combine(ce, kd, self.student.alpha, self.student.beta).clamp_min(1e-12).log()
-            self._eval_metric.update(combined, labels, group=name)
-            if self.variant == "dho":
-                self._extra[f"{name}_ce_head_top1"] = 100.0 * (ce.argmax(-1) == labels).double().mean().item()
-                self._extra[f"{name}_kd_head_top1"] = 100.0 * (kd.argmax(-1) == labels).double().mean().item()
+        if self._searching and seen:
+            alpha, beta, accuracy = best_combination(reduce(self._grid_hits, reduce_op="sum"), seen,
+                                                     self.alphas, self.betas)
+            self.student.alpha.fill_(alpha)
+            self.student.beta.fill_(beta)
+            self._extra[f"{name}_search_top1"] = accuracy
+        for ce, kd, labels, index in self._collected:
+            self._score(ce, kd, labels, index)
+        self._collected = []
+        if self.variant == "dho" and seen:
+            self._extra[f"{name}_ce_head_top1"] = 100.0 * head_hits[0].item() / seen
+            self._extra[f"{name}_kd_head_top1"] = 100.0 * head_hits[1].item() / seen
         self._extra.update(alpha=float(self.student.alpha), beta=float(self.student.beta))
         super()._end_eval(stage)
 
