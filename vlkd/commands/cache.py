@@ -93,7 +93,8 @@ def build(args, lightning_args: list[str]) -> int:
         datamodule.prepare_data()
     datamodule.setup("fit")
     if datamodule.train_dataset is None:
-        raise ConfigError("the config's data module has no training set to cache (set base2novel or train_list)")
+        raise ConfigError("the config's data module has no training set to cache (video data: set base2novel or "
+                          "train_list; image data: a split with training images)")
     seed = args.seed if args.seed is not None else int(cli.config.get("seed_everything") or 0)
     batch_size = args.batch_size or datamodule.batch_size
     manifest = build_manifest(method, datamodule, args.views, seed, args.dtype, args.shard_size, batch_size)

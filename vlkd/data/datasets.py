@@ -57,7 +57,7 @@ class TooManyUnreadableVideos(VlkdError):
 class SkippingDataset(Dataset):
     """A dataset of files that skips the unreadable ones: what video and image datasets share.
 
-    A subclass passes the shared settings to ``__init__`` and implements ``_load(index, rng, epoch) -> dict``, raising
+    A subclass passes the shared settings to ``__init__`` and implements ``_load(index, rng, pass_number) -> dict``, raising
     :class:`~vlkd.errors.MediaReadError` for a file it cannot read. :meth:`__getitem__` then
     returns the item with ``index`` (the sample actually returned) and ``skipped`` (the files
     that failed and were replaced by a random other sample, reported by the method at the
@@ -83,8 +83,8 @@ class SkippingDataset(Dataset):
         return self.root / self.samples[index].path
 
     def __getitem__(self, index: int | tuple[int, int]) -> dict:
-        # An EpochSampler hands over (index, epoch): the epoch picks a cached sample's stored view.
-        index, epoch = index if isinstance(index, tuple) else (index, None)
+        # An EpochSampler hands over (index, pass): the pass number picks a cached sample's stored view.
+        index, pass_number = index if isinstance(index, tuple) else (index, None)
         # Training draws from torch's generator, which Lightning seeds and the
         # DataLoader gives each worker its own stream of (so epochs differ);
         # evaluation is a fixed function of the seed and the index.
@@ -93,7 +93,7 @@ class SkippingDataset(Dataset):
         skipped: list[str] = []
         while True:
             try:
-                item = {**self._load(index, rng, epoch), "index": index, "skipped": skipped}
+                item = {**self._load(index, rng, pass_number), "index": index, "skipped": skipped}
                 if skipped and not self.train:
                     item["label"] = -1
                 return item
@@ -106,7 +106,7 @@ class SkippingDataset(Dataset):
                     ) from None
                 index = rng.randrange(len(self.samples))
 
-    def _load(self, index: int, rng: random.Random, epoch: int | None = None) -> dict:
+    def _load(self, index: int, rng: random.Random, pass_number: int | None = None) -> dict:
         raise NotImplementedError
 
 
@@ -162,10 +162,17 @@ class VideoClipDataset(SkippingDataset):
         # A vlkd.teacher.cache.TeacherCache whose stored views training replays (set by the data module).
         self.teacher_cache = None
 
-    def _load(self, index: int, rng: random.Random, epoch: int | None = None) -> dict:
+    pixels_key = "video"  # the batch key of this dataset's pixels (what a teacher cache's builder passes on)
+
+    def placeholder_view(self) -> tuple[torch.Tensor, ClipView]:
+        """A zero clip and view: what a cache build records for a video it cannot read."""
+        size, frames = self.image_size, self.sampler.num_frames
+        return torch.zeros(frames, 3, size, size), ClipView((0,) * frames, CropParams((0, 0), (0, 0, size, size)))
+
+    def _load(self, index: int, rng: random.Random, pass_number: int | None = None) -> dict:
         sample = self.samples[index]
         if self.train and self.teacher_cache is not None:
-            return self._load_cached(index, rng, epoch)
+            return self._load_cached(index, rng, pass_number)
         if self.train:
             video, _ = self.draw_view(index, rng)
             return {"video": video, "label": sample.label}
@@ -207,40 +214,51 @@ class VideoClipDataset(SkippingDataset):
         (frames,) = read_clip(self.path_of(index), lambda info: [list(view.frames)], backend=self.backend)
         return apply_crop(frames.float().div_(255.0), view.crop)
 
-    def _load_cached(self, index: int, rng: random.Random, epoch: int | None) -> dict:
+    def _load_cached(self, index: int, rng: random.Random, pass_number: int | None) -> dict:
         cache = self.teacher_cache
         if not cache.has(index):
             raise VideoReadError(self.path_of(index), "not in the teacher cache (it was unreadable when the cache was built)")
-        # The stored views are independent draws: epoch e takes view e mod K (see the module docstring).
-        view_index = epoch % cache.views if epoch is not None else rng.randrange(cache.views)
+        # The stored views are independent draws: pass p (epoch e) takes view p mod K (see the module docstring).
+        view_index = pass_number % cache.views if pass_number is not None else rng.randrange(cache.views)
         view = ClipView.from_tensors(cache.view(index, view_index))
         return {"video": self.replay_view(index, view), "label": self.samples[index].label,
                 "teacher": cache.targets(index, view_index)}
 
 
 class EpochSampler(Sampler):
-    """A new random order every epoch that also tells the dataset the epoch: yields ``(index, epoch)``.
+    """A new random order every pass that also tells the dataset which pass: yields ``(index, pass)``.
+
+    A dataset replaying a teacher cache shows view ``pass mod K`` in that pass. A loader is
+    usually passed over once per epoch (``pass = epoch``); one that cycles within an epoch
+    (the labelled images of a semi-supervised epoch, iterated ``passes_per_epoch`` times
+    while the unlabelled pool is passed once) numbers its passes ``epoch x passes_per_epoch
+    + i``, so each cycle brings the next stored view rather than the same one again.
 
     Lightning calls :meth:`set_epoch` before each epoch (also after resuming, and on every DDP
-    rank through its sampler wrapper). The order depends only on the epoch and a base seed
+    rank through its sampler wrapper). The order depends only on the pass and a base seed
     drawn from torch's generator at construction (which ``seed_everything`` sets alike on
     every rank), so all ranks agree on it, as Lightning's distributed wrapper requires.
     """
 
-    def __init__(self, size: int):
+    def __init__(self, size: int, passes_per_epoch: int = 1):
         self.size = size
+        self.passes_per_epoch = max(1, passes_per_epoch)
         self.epoch = 0
+        self.passes_this_epoch = 0
         self.base_seed = int(torch.randint(2**62, ()).item())
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
+        self.passes_this_epoch = 0
 
     def __len__(self) -> int:
         return self.size
 
     def __iter__(self):
-        generator = torch.Generator().manual_seed(self.base_seed + self.epoch)
-        return iter([(index, self.epoch) for index in torch.randperm(self.size, generator=generator).tolist()])
+        number = self.epoch * self.passes_per_epoch + min(self.passes_this_epoch, self.passes_per_epoch - 1)
+        self.passes_this_epoch += 1
+        generator = torch.Generator().manual_seed(self.base_seed + number)
+        return iter([(index, number) for index in torch.randperm(self.size, generator=generator).tolist()])
 
 
 def collate_clips(items: list[dict]) -> dict:
@@ -251,6 +269,11 @@ def collate_clips(items: list[dict]) -> dict:
         "index": torch.tensor([item["index"] for item in items], dtype=torch.long),
         "skipped": [path for item in items for path in item["skipped"]],
     }
+    return with_teacher_targets(batch, items)
+
+
+def with_teacher_targets(batch: dict, items: list[dict]) -> dict:
+    """``batch`` with the items' cached teacher outputs stacked under ``"teacher"``, when they carry any."""
     if "teacher" in items[0]:
         batch["teacher"] = {name: torch.stack([item["teacher"][name] for item in items]) for name in items[0]["teacher"]}
     return batch

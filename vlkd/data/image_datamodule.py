@@ -22,10 +22,19 @@ The labelled part of the training split is a subset list (``labelled``: a file o
 SimCLR's format, or ``1percent`` / ``10percent`` for ImageNet's shipped lists), or
 ``shots`` images per class drawn with ``shot_seed``, or, with neither, the whole
 training split. Everything else of the training split is the unlabelled pool.
+
+With ``teacher_cache`` (a folder ``vlkd cache`` wrote for the config), training
+replays the crops stored there and each batch carries the teacher's outputs for
+them. The cache covers the whole training split (``train_dataset``), whatever part
+of it is labelled, so one cache serves the 1 %, 10 % and few-shot runs of a dataset
+alike. Each pass over a loader takes the next stored view: the unlabelled pool is
+passed once per epoch, the labelled images once per cycle.
 """
 
 from __future__ import annotations
 
+import hashlib
+import math
 from pathlib import Path
 
 import lightning.pytorch as pl
@@ -33,6 +42,7 @@ import numpy as np
 from torch.utils.data import DataLoader
 
 from vlkd.data.datamodule import EvalSet
+from vlkd.data.datasets import EpochSampler
 from vlkd.data.images import (
     IMAGENET_SUBSETS,
     ImageDataset,
@@ -72,13 +82,15 @@ class ImageDataModule(pl.LightningDataModule):
         eval_batch_size: images per evaluation batch (default ``2 x batch_size``).
         num_workers: decoding worker processes per loader.
         seed: seed of the evaluation items and of the validation hold-out.
+        teacher_cache: a folder written by ``vlkd cache`` for this config: training replays its
+            stored crops, with the teacher's outputs for them (see the module docstring).
     """
 
     def __init__(self, root: str, layout: str = "coop", split_file: str | None = None, labelled: str | None = None,
                  shots: int | None = None, shot_seed: int = 1, val_per_class: int | None = None,
                  image_size: int = 224, crop_scale: tuple[float, float] = (0.5, 1.0), flip: bool = True,
                  batch_size: int = 64, unlabelled_batch_size: int | None = None, eval_batch_size: int | None = None,
-                 num_workers: int = 4, seed: int = 0):
+                 num_workers: int = 4, seed: int = 0, teacher_cache: str | None = None):
         super().__init__()
         if layout not in LAYOUTS:
             raise ConfigError(f"data.layout must be one of {LAYOUTS}, got {layout!r}")
@@ -108,7 +120,10 @@ class ImageDataModule(pl.LightningDataModule):
         self.eval_batch_size = eval_batch_size or 2 * batch_size
         self.num_workers = num_workers
         self.seed = seed
+        self.teacher_cache = teacher_cache
+        self.teacher_cache_reader = None  # the opened cache, once set up
         self.class_names: list[str] = []
+        self.train_dataset: ImageDataset | None = None  # the whole training split: what vlkd cache caches
         self.labelled_dataset: ImageDataset | None = None
         self.unlabelled_dataset: ImageDataset | None = None
         self.val_dataset: ImageDataset | None = None
@@ -161,14 +176,43 @@ class ImageDataModule(pl.LightningDataModule):
             raise ConfigError("no validation images: the split file has no val split; set data.val_per_class to hold "
                               "some out of the unlabelled pool")
         images = dict(class_names=self.class_names, image_size=self.image_size, seed=self.seed)
-        self.labelled_dataset = ImageDataset(image_root, labelled, train=True, crop_scale=self.crop_scale,
-                                             flip=self.flip, **images)
-        self.unlabelled_dataset = (ImageDataset(image_root, unlabelled, train=True, crop_scale=self.crop_scale,
-                                                flip=self.flip, **images) if unlabelled else None)
+        training = dict(images, train=True, crop_scale=self.crop_scale, flip=self.flip)
+        self.train_dataset = ImageDataset(image_root, train, **training)
+        self.labelled_dataset = ImageDataset(image_root, labelled, **training)
+        self.unlabelled_dataset = ImageDataset(image_root, unlabelled, **training) if unlabelled else None
         self.val_dataset = ImageDataset(image_root, val, **images)
         self.test_dataset = ImageDataset(test_root, test, **images)
         self.val_sets = [EvalSet("val", self.class_names, "val", unit="images")]
         self.test_sets = [EvalSet("test", self.class_names, "test", unit="images")]
+        self._open_teacher_cache()
+
+    def _open_teacher_cache(self) -> None:
+        if self.teacher_cache is None or self.teacher_cache_reader is not None:
+            return
+        from vlkd.teacher.cache import TeacherCache
+
+        reader = TeacherCache(self.teacher_cache)
+        reader.check_data(self.cache_fingerprint())
+        rows = {sample.path: row for row, sample in enumerate(self.train_dataset.samples)}
+        for dataset in (self.labelled_dataset, self.unlabelled_dataset):
+            if dataset is not None:
+                dataset.use_teacher_cache(reader, [rows[sample.path] for sample in dataset.samples])
+        self.teacher_cache_reader = reader
+
+    def cache_fingerprint(self) -> dict:
+        """What a ``vlkd cache`` of the training split depends on: its images and labels (by content), the classes
+        and the crops. A cache is valid for a run exactly when these agree (``sources`` may differ)."""
+        listing = "\n".join(f"{sample.path}\t{sample.label}" for sample in self.train_dataset.samples)
+        return {
+            "train_samples_sha256": hashlib.sha256(listing.encode("utf-8")).hexdigest(),
+            "train_classes_sha256": hashlib.sha256("\n".join(self.class_names).encode("utf-8")).hexdigest(),
+            "num_samples": len(self.train_dataset),
+            "image_size": self.image_size,
+            "crop_scale": list(self.crop_scale),
+            "flip": self.flip,
+            "sources": {"layout": self.layout, "root": str(self.root),
+                        "split_file": str(self.split_file) if self.split_file else None},
+        }
 
     def _hold_out(self, pool: list[ImageSample], per_class: int) -> tuple[list[ImageSample], list[ImageSample]]:
         """``per_class`` images of every class drawn from ``pool`` (seeded), and the rest of the pool."""
@@ -181,15 +225,31 @@ class ImageDataModule(pl.LightningDataModule):
         return self.val_sets + self.test_sets
 
     # -- loaders ------------------------------------------------------------------
-    def _loader(self, dataset: ImageDataset, batch_size: int, shuffle: bool) -> DataLoader:
-        return DataLoader(dataset, batch_size=batch_size, shuffle=shuffle, num_workers=self.num_workers,
-                          collate_fn=collate_images, persistent_workers=self.num_workers > 0,
-                          drop_last=shuffle and len(dataset) > batch_size)
+    @staticmethod
+    def _drops_last(dataset: ImageDataset, batch_size: int, shuffle: bool) -> bool:
+        return shuffle and len(dataset) > batch_size
+
+    def _loader(self, dataset: ImageDataset, batch_size: int, shuffle: bool, passes_per_epoch: int = 1) -> DataLoader:
+        # Replaying a cache, the sampler numbers the passes, which pick the stored views.
+        sampler = EpochSampler(len(dataset), passes_per_epoch) if shuffle and dataset.teacher_cache else None
+        return DataLoader(dataset, batch_size=batch_size, shuffle=shuffle if sampler is None else None,
+                          sampler=sampler, num_workers=self.num_workers, collate_fn=collate_images,
+                          persistent_workers=self.num_workers > 0,
+                          drop_last=self._drops_last(dataset, batch_size, shuffle))
+
+    def _batches(self, dataset: ImageDataset, batch_size: int) -> int:
+        return len(dataset) // batch_size if self._drops_last(dataset, batch_size, True) else math.ceil(
+            len(dataset) / batch_size)
 
     def train_dataloader(self):
         from lightning.pytorch.utilities import CombinedLoader
 
-        loaders = {"labelled": self._loader(self.labelled_dataset, self.batch_size, shuffle=True)}
+        cycles = 1
+        if self.unlabelled_dataset is not None:  # how often the labelled loader restarts in one epoch
+            cycles = math.ceil(self._batches(self.unlabelled_dataset, self.unlabelled_batch_size)
+                               / self._batches(self.labelled_dataset, self.batch_size))
+        loaders = {"labelled": self._loader(self.labelled_dataset, self.batch_size, shuffle=True,
+                                            passes_per_epoch=cycles)}
         if self.unlabelled_dataset is not None:
             loaders["unlabelled"] = self._loader(self.unlabelled_dataset, self.unlabelled_batch_size, shuffle=True)
         # One epoch is one pass over the larger loader (the unlabelled pool); the labelled one cycles.

@@ -19,7 +19,9 @@ Formats read and written here are the ones real image benchmarks come in:
 training view (a random resized crop and a flip, drawn as a
 :class:`~vlkd.data.transforms.CropParams`) or the evaluation view (shorter side
 resized, centre crop). An unreadable image is skipped, replaced and reported, as
-an unreadable video is (:class:`~vlkd.data.datasets.SkippingDataset`).
+an unreadable video is (:class:`~vlkd.data.datasets.SkippingDataset`). A training
+view is drawn first and then cut (:class:`ImageView`), so ``vlkd cache`` can store the
+crops it showed the teacher and training can replay them with the teacher's outputs.
 """
 
 from __future__ import annotations
@@ -33,8 +35,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from vlkd.data.datasets import SkippingDataset
-from vlkd.data.transforms import apply_crop, eval_crop, sample_resized_crop
+from vlkd.data.datasets import SkippingDataset, with_teacher_targets
+from vlkd.data.transforms import CropParams, apply_crop, eval_crop, sample_resized_crop
 from vlkd.errors import ConfigError, ImageReadError, MissingFileError, VlkdError
 from vlkd.paths import asset_path
 
@@ -42,6 +44,7 @@ __all__ = [
     "IMAGE_SUFFIXES",
     "ImageDataset",
     "ImageSample",
+    "ImageView",
     "collate_images",
     "few_shot_subset",
     "image_folder_samples",
@@ -241,6 +244,20 @@ def read_image(path: Path) -> torch.Tensor:
         raise ImageReadError(path, " ".join(str(error).split())[:200] or "cannot be decoded") from None
 
 
+@dataclass(frozen=True)
+class ImageView:
+    """One view of an image: the crop and flip that cut it (:class:`~vlkd.data.transforms.CropParams`)."""
+
+    crop: CropParams
+
+    def to_tensors(self) -> dict[str, torch.Tensor]:
+        return {"crop": torch.tensor(self.crop.to_list(), dtype=torch.int32)}
+
+    @classmethod
+    def from_tensors(cls, tensors: dict[str, torch.Tensor]) -> ImageView:
+        return cls(CropParams.from_list(tensors["crop"].tolist()))
+
+
 class ImageDataset(SkippingDataset):
     """Images of ``samples`` under ``root``, as items ``{"image": (3, S, S) float in [0, 1], "label", "index", "skipped"}``.
 
@@ -256,7 +273,13 @@ class ImageDataset(SkippingDataset):
         flip: horizontal flips in training.
         max_consecutive_failures: give up with a clear error after this many unreadable images in a row.
         seed: seed of the evaluation items' (deterministic) randomness.
+
+    A training dataset given a teacher cache (:meth:`use_teacher_cache`) replays the cache's
+    stored crops instead of drawing new ones, and each item then carries the teacher's
+    outputs for exactly its pixels under ``"teacher"``.
     """
+
+    pixels_key = "image"  # the batch key of this dataset's pixels (what a teacher cache's builder passes on)
 
     def __init__(self, root: str | Path, samples: Sequence[ImageSample], class_names: Sequence[str],
                  image_size: int = 224, train: bool = False, crop_scale: tuple[float, float] = (0.5, 1.0),
@@ -269,24 +292,59 @@ class ImageDataset(SkippingDataset):
         self.image_size = image_size
         self.crop_scale = (float(low), float(high))
         self.flip = flip
+        self.teacher_cache = None  # a vlkd.teacher.cache.TeacherCache, see use_teacher_cache
+        self.cache_rows: list[int] = []  # the cache's sample number of each of this dataset's samples
 
-    def _load(self, index: int, rng: random.Random, epoch: int | None = None) -> dict:
+    def use_teacher_cache(self, cache, rows: Sequence[int]) -> None:
+        """Replay ``cache``'s views in training; ``rows[i]``: the cache's sample number of sample ``i``."""
+        if len(rows) != len(self.samples):
+            raise ValueError(f"{len(rows)} cache rows for {len(self.samples)} samples")
+        self.teacher_cache, self.cache_rows = cache, list(rows)
+
+    def draw_view(self, index: int, rng: random.Random, evaluation: bool = False) -> tuple[torch.Tensor, ImageView]:
+        """Decode image ``index`` and draw one view: (3, S, S) pixels in [0, 1] and the :class:`ImageView`.
+
+        A training view (random resized crop, then a flip), or with ``evaluation`` the
+        deterministic evaluation view (shorter side resized, centre crop).
+        """
         pixels = read_image(self.path_of(index)).float().div_(255.0)
         height, width = pixels.shape[-2:]
-        if self.train:
+        if evaluation:
+            crop = eval_crop(height, width, self.image_size)
+        else:
             crop = sample_resized_crop(height, width, self.image_size, rng, scale=self.crop_scale)
             if self.flip and rng.random() < 0.5:
                 crop = replace(crop, flip=True)
-        else:
-            crop = eval_crop(height, width, self.image_size)
-        return {"image": apply_crop(pixels, crop), "label": self.samples[index].label}
+        return apply_crop(pixels, crop), ImageView(crop)
+
+    def placeholder_view(self) -> tuple[torch.Tensor, ImageView]:
+        """A zero image and view: what a cache build records for an image it cannot read."""
+        size = self.image_size
+        return torch.zeros(3, size, size), ImageView(CropParams((0, 0), (0, 0, size, size)))
+
+    def _load(self, index: int, rng: random.Random, pass_number: int | None = None) -> dict:
+        label = self.samples[index].label
+        if not self.train:
+            return {"image": self.draw_view(index, rng, evaluation=True)[0], "label": label}
+        if self.teacher_cache is None:
+            return {"image": self.draw_view(index, rng)[0], "label": label}
+        cache, row = self.teacher_cache, self.cache_rows[index]
+        if not cache.has(row):
+            raise ImageReadError(self.path_of(index), "not in the teacher cache (it was unreadable when the cache "
+                                 "was built)")
+        # Pass p takes stored view p mod K (see vlkd.data.datasets.EpochSampler).
+        view = pass_number % cache.views if pass_number is not None else rng.randrange(cache.views)
+        crop = ImageView.from_tensors(cache.view(row, view)).crop
+        pixels = apply_crop(read_image(self.path_of(index)).float().div_(255.0), crop)
+        return {"image": pixels, "label": label, "teacher": cache.targets(row, view)}
 
 
 def collate_images(items: list[dict]) -> dict:
-    """Stack images and labels; concatenate the skipped-file lists."""
-    return {
+    """Stack images, labels and cached teacher outputs; concatenate the skipped-file lists."""
+    batch = {
         "image": torch.stack([item["image"] for item in items]),
         "label": torch.tensor([item["label"] for item in items], dtype=torch.long),
         "index": torch.tensor([item["index"] for item in items], dtype=torch.long),
         "skipped": [path for item in items for path in item["skipped"]],
     }
+    return with_teacher_targets(batch, items)

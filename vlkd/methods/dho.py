@@ -41,6 +41,14 @@ Variants (``variant``), the paper's baselines on the same data, schedule and see
 DHO's heads alone are its ``alpha = 1`` and ``alpha = 0`` (``beta = 1``) predictions,
 reported beside the combination (``*_ce_head_top1``, ``*_kd_head_top1``).
 
+Teacher outputs
+---------------
+The teacher is in-process, a ``vlkd serve`` server (``teacher_service``), or a
+``vlkd cache`` of the training split (``data.teacher_cache``): the cache stores each
+training image's teacher embedding for K stored crops, and the zero-shot logits are
+``logit scale x`` its cosine to the class-text embeddings, computed per step from
+it exactly as the live teacher would, so a cached run never runs the image tower.
+
 Gradient conflict (measured)
 ----------------------------
 Every ``conflict_every`` steps the method takes the gradients of the labelled CE
@@ -229,18 +237,41 @@ class DHO(ClassificationMethod):
             self.build_student(checkpoint["class_names"])
 
     # -- teacher ----------------------------------------------------------------------------
+    @property
+    def teacher_target_names(self) -> tuple[str, ...]:
+        return () if self.variant == "ce" else ("image_embedding",)
+
+    @torch.no_grad()
+    def teacher_targets(self, batch: dict) -> dict[str, torch.Tensor]:
+        """``{"image_embedding": (B, D)}``: the frozen teacher's normalised embedding of every training image.
+
+        What ``vlkd cache`` stores: the zero-shot logits follow from it exactly
+        (:meth:`teacher_logits_from`), so one cache serves every variant, template and class list.
+        """
+        return {"image_embedding": self.teacher.encode_images(batch["image"]).float()} if self.teacher_target_names else {}
+
+    @torch.no_grad()
+    def teacher_logits_from(self, embeddings: torch.Tensor) -> torch.Tensor:
+        """(B, D) teacher image embeddings -> (B, C) its zero-shot logits: logit scale x cosine to the class texts."""
+        text = self.teacher.encode_text(self.class_names, self.templates).float().to(embeddings.device)
+        return self.teacher.logit_scale * embeddings.float() @ text.T
+
     @torch.no_grad()
     def teacher_logits(self, images: torch.Tensor) -> torch.Tensor:
-        return self.teacher.zero_shot_logits(images, self.class_names, self.templates).float()
-
-    @torch.no_grad()
-    def teacher_embeddings(self, images: torch.Tensor) -> torch.Tensor:
-        return self.teacher.encode_images(images).float()
+        return self.teacher_logits_from(self.teacher_targets({"image": images})["image_embedding"])
 
     # -- training ---------------------------------------------------------------------------
-    def teacher_targets_for(self, images: torch.Tensor) -> torch.Tensor:
-        """The variant's teacher targets: zero-shot logits, or image embeddings for ``feature_kd``."""
-        return self.teacher_embeddings(images) if self.variant == "feature_kd" else self.teacher_logits(images)
+    def teacher_targets_for(self, labelled: dict, unlabelled: dict | None) -> torch.Tensor:
+        """The variant's teacher targets for the labelled then the unlabelled images (one teacher pass for both,
+        or none when the batches come from a teacher cache): image embeddings for ``feature_kd``, else logits."""
+        parts = [labelled] + ([unlabelled] if unlabelled is not None else [])
+        cached = [self.cached_teacher_targets(part) for part in parts]
+        if all(cached):
+            embeddings = torch.cat([targets["image_embedding"] for targets in cached])
+        else:
+            images = torch.cat([part["image"] for part in parts])
+            embeddings = self.teacher_targets({"image": images})["image_embedding"]
+        return embeddings if self.variant == "feature_kd" else self.teacher_logits_from(embeddings)
 
     def distillation(self, out, target: torch.Tensor) -> torch.Tensor:
         """The variant's distillation term for one batch: its outputs ``out`` against the teacher's ``target``."""
@@ -260,10 +291,9 @@ class DHO(ClassificationMethod):
         if self.variant == "ce":
             loss = ce
         else:
-            # One teacher pass for both batches; the student sees them apart (its BatchNorm statistics
-            # then come from labelled and unlabelled images separately, as in the authors' code).
-            both = images if unlabelled is None else torch.cat([images, unlabelled["image"]])
-            targets = self.teacher_targets_for(both)
+            # One teacher pass (or cache read) for both batches; the student sees them apart (its BatchNorm
+            # statistics then come from labelled and unlabelled images separately, as in the authors' code).
+            targets = self.teacher_targets_for(labelled, unlabelled)
             kd_labelled = self.distillation(out, targets[: len(images)])
             losses["kd_labelled"] = kd_labelled
             distill = kd_labelled

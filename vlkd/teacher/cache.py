@@ -11,13 +11,17 @@ replays it, so the cached target always belongs to the pixels the student gets
 asks for; FKD and MobileCLIP's DataCompDR store augmentations the same way).
 
 What is stored is whatever the method's ``teacher_targets(batch)`` returns
-(FROSTER: the frame embeddings), so each method caches what it distils from.
+(FROSTER: the frame embeddings; DHO: the image embeddings), so each method caches
+what it distils from. Any training set whose items are drawn as a stored view can
+be cached: a video clip dataset (a view is frame indices and a crop) or an image
+dataset (a view is a crop and a flip); see :class:`ViewItems` for what it provides.
 
 Layout of a cache folder::
 
     manifest.json            teacher (name, tag, weights sha256, preprocessing), data (list hash, sampling,
                              image size, crops), method and target shapes, views K, seed, dtype, shard size
-    shard-00000.safetensors  samples [0, S): "valid" (S,), "view.frames" (S, K, T), "view.crop" (S, K, 8),
+    shard-00000.safetensors  samples [0, S): "valid" (S,), "view.<part>" (S, K, ...) (videos: "view.frames"
+                             (S, K, T) and "view.crop" (S, K, 8); images: "view.crop"),
                              "target.<name>" (S, K, ...) in the manifest's dtype
     shard-00000.json         that shard's sha256, its samples and the ones that could not be read
     index.json               every shard's entry; written last, so a cache without it is unfinished
@@ -49,7 +53,7 @@ from safetensors.torch import save_file
 from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
 
-from vlkd.errors import ConfigError, VideoReadError
+from vlkd.errors import ConfigError, MediaReadError
 
 FORMAT = 1
 MANIFEST = "manifest.json"
@@ -188,8 +192,10 @@ class TeacherCache:
         return self._handle(shard).get_slice(key)[row : row + 1, view][0]
 
     def view(self, sample: int, view: int) -> dict[str, torch.Tensor]:
-        """The stored augmentation of ``sample``'s view ``view``: ``{"frames": (T,), "crop": (8,)}``."""
-        return {"frames": self._row("view.frames", sample, view), "crop": self._row("view.crop", sample, view)}
+        """The stored augmentation of ``sample``'s view ``view`` by part (videos: ``{"frames": (T,), "crop": (8,)}``,
+        images: ``{"crop": (8,)}``)."""
+        parts = sorted(key[len("view."):] for key in self.shapes if key.startswith("view."))
+        return {part: self._row(f"view.{part}", sample, view) for part in parts}
 
     def targets(self, sample: int, view: int) -> dict[str, torch.Tensor]:
         """The teacher's outputs for that view, by name, in the cache's dtype."""
@@ -222,11 +228,15 @@ def verify_cache(folder: str | Path) -> tuple[int, list[str]]:
 
 
 class ViewItems(Dataset):
-    """(sample, view) pairs of a :class:`~vlkd.data.datasets.VideoClipDataset`, each view drawn from its own seed.
+    """(sample, view) pairs of a training dataset, each view drawn from its own seed.
 
+    The dataset provides ``pixels_key`` (the batch key its pixels go under: ``"video"``,
+    ``"image"``), ``draw_view(index, rng, evaluation) -> (pixels, view)`` with a view
+    object that has ``to_tensors()``, and ``placeholder_view() -> (pixels, view)`` of zeros
+    (:class:`~vlkd.data.datasets.VideoClipDataset`, :class:`~vlkd.data.images.ImageDataset`).
     View ``k`` of sample ``i`` is a pure function of ``(seed, i, k)``, so any rank, and a
-    resumed build, draws the same one. A sample that cannot be read gives a zero clip
-    with ``ok`` false, and is recorded as missing rather than replaced.
+    resumed build, draws the same one. A sample that cannot be read gives the zero
+    placeholder with ``ok`` false, and is recorded as missing rather than replaced.
     """
 
     def __init__(self, dataset, items: Sequence[tuple[int, int]], views: int, seed: int):
@@ -239,25 +249,20 @@ class ViewItems(Dataset):
         return len(self.items)
 
     def __getitem__(self, position: int) -> dict:
-        from vlkd.data.datasets import ClipView
-        from vlkd.data.transforms import CropParams
-
         sample, view = self.items[position]
         rng = random.Random(f"vlkd-cache/{self.seed}/{sample}/{view}")
         try:
-            video, clip_view = self.dataset.draw_view(sample, rng, evaluation=self.views == 1)
+            pixels, drawn = self.dataset.draw_view(sample, rng, evaluation=self.views == 1)
             ok, reason = True, ""
-        except VideoReadError as error:
-            size, frames = self.dataset.image_size, self.dataset.sampler.num_frames
-            video = torch.zeros(frames, 3, size, size)
-            clip_view, ok, reason = ClipView((0,) * frames, CropParams((0, 0), (0, 0, size, size))), False, error.reason
-        return {"video": video, "sample": sample, "view": view, "ok": ok, "reason": reason,
-                "view_tensors": clip_view.to_tensors()}
+        except MediaReadError as error:
+            (pixels, drawn), ok, reason = self.dataset.placeholder_view(), False, error.reason
+        return {"pixels": pixels, "sample": sample, "view": view, "ok": ok, "reason": reason,
+                "view_tensors": drawn.to_tensors()}
 
 
 def collate_view_items(items: list[dict]) -> dict:
     return {
-        "video": torch.stack([item["video"] for item in items]),
+        "pixels": torch.stack([item["pixels"] for item in items]),
         "sample": torch.tensor([item["sample"] for item in items]),
         "view": torch.tensor([item["view"] for item in items]),
         "ok": torch.tensor([item["ok"] for item in items]),
@@ -335,7 +340,7 @@ class CacheBuilder(LightningModule):
                           num_workers=self.num_workers, collate_fn=collate_view_items)
 
     def predict_step(self, batch: dict, batch_idx: int) -> dict:
-        targets = self.method.teacher_targets({"video": batch["video"]})
+        targets = self.method.teacher_targets({self.dataset.pixels_key: batch["pixels"]})
         return {name: value.detach().cpu() for name, value in targets.items()}
 
     def on_predict_end(self) -> None:
