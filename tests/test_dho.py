@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 import math
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -122,6 +124,58 @@ def test_chosen_alpha_and_beta_travel_with_the_checkpoint(small_world, tmp_path)
     model = DHO.load_from_checkpoint(checkpoint, map_location="cpu", weights_only=True)
     assert model.student is not None
     assert math.isclose(float(model.student.alpha), float(state["state_dict"]["student.alpha"]))
+
+
+@pytest.mark.slow
+def test_export_is_a_timm_folder_with_both_heads_and_the_chosen_combination(small_world, tmp_path):
+    """vlkd export of a trained DHO run: timm loads the folder as it is (both heads' logits), and
+    from_pretrained / create_student give the run's own combined prediction, alpha, beta and classes."""
+    import timm
+
+    from vlkd.models import create_student
+
+    _fit(small_world, tmp_path / "run")
+    (checkpoint,) = (tmp_path / "run").rglob("last.ckpt")
+    out = tmp_path / "exported"
+    assert main(["export", str(checkpoint), "--out", str(out)]) == 0
+    assert {"model.safetensors", "config.json"} <= {p.name for p in out.iterdir()}
+    trained = DHO.load_from_checkpoint(checkpoint, map_location="cpu", weights_only=True).student.eval()
+    images = torch.rand(3, 3, trained.image_size, trained.image_size)
+    with torch.no_grad():
+        expected = trained(images)
+        plain = timm.create_model(f"local-dir:{out}", pretrained=True).eval()  # timm alone, no vlkd code
+        both = plain((images - trained.pixel_mean) / trained.pixel_std)
+        torch.testing.assert_close(both, torch.cat([expected.ce, expected.kd], dim=-1), rtol=0, atol=1e-5)
+        for loaded in (DualHeadClassifier.from_pretrained(out), create_student("dual_head", folder=str(out))):
+            assert float(loaded.alpha) == float(trained.alpha) and float(loaded.beta) == float(trained.beta)
+            assert loaded.class_names == json.loads((out / "config.json").read_text())["vlkd_dual_head"]["class_names"]
+            assert len(loaded.class_names) == 42
+            torch.testing.assert_close(loaded.predict_proba(images), trained.predict_proba(images), rtol=0, atol=1e-6)
+    assert main(["export", str(checkpoint), "--out", str(out)]) != 0  # an export is never overwritten silently
+    code = ("import sys; from vlkd.models import DualHeadClassifier; "
+            f"DualHeadClassifier.from_pretrained({str(out)!r}); assert 'lightning' not in sys.modules")
+    subprocess.run([sys.executable, "-c", code], check=True, cwd=REPO)  # no Lightning needed to use it
+
+
+def test_clip_tower_student_round_trips_through_its_folder(tiny_teacher, tmp_path):
+    names = ["red ball on grass", "blue triangle on snow", "green ball on sand"]
+    student = DualHeadClassifier.from_clip(tiny_teacher, names).eval()
+    student.alpha.fill_(0.3)
+    student.beta.fill_(1.5)
+    with torch.no_grad():
+        student.kd_head.bias.add_(torch.randn(3))  # weights a trained student would have
+    student.save_pretrained(tmp_path, names)
+    loaded = DualHeadClassifier.from_pretrained(tmp_path)
+    images = torch.rand(2, 3, tiny_teacher.image_size, tiny_teacher.image_size)
+    with torch.no_grad():
+        torch.testing.assert_close(loaded.predict_proba(images), student.predict_proba(images), rtol=0, atol=1e-6)
+    assert loaded.class_names == names and float(loaded.beta) == 1.5
+
+
+def test_timm_students_with_a_head_layer_get_its_width():
+    student = DualHeadClassifier.from_timm("mobilenetv3_small_050", num_classes=4, image_size=32)
+    out = student(torch.rand(2, 3, 32, 32))
+    assert out.ce.shape == (2, 4) and student.ce_head.in_features == student.backbone.head_hidden_size
 
 
 def test_bad_settings_are_refused():

@@ -1,4 +1,14 @@
-"""``vlkd export``: a trained video student as an open_clip weights folder.
+"""``vlkd export``: a trained student as a weights folder (open_clip's layout for video students, timm's for DHO).
+
+A DHO checkpoint (``best`` or ``last.ckpt`` of a ``vlkd fit`` run of ``vlkd.methods.DHO``)
+becomes a folder timm reads as it is (``model.safetensors`` and ``config.json``): the
+timm model with the CE and KD heads stacked as one ``2C``-way classifier, with alpha,
+beta and the class names in the config (:mod:`vlkd.models.dual_head`), loaded by
+``DualHeadClassifier.from_pretrained(folder)``, ``create_student("dual_head", folder=folder)``
+or ``timm.create_model("local-dir:" + folder, pretrained=True)``.
+
+    vlkd export runs/dho_synth/lightning_logs/version_0/checkpoints/last.ckpt --out students/dho_synth
+
 
 Takes the checkpoint a FROSTER or fine-tuning run wrote (``averaged.ckpt``: the
 epoch-averaged weights the final evaluation used) and writes the student's CLIP
@@ -32,8 +42,9 @@ from vlkd.models.video_clip import CONFIG_FILE, WEIGHTS_FILE
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="vlkd export", description=__doc__.split("\n\n")[0])
-    parser.add_argument("checkpoint", help="the .ckpt file of a FROSTER or FineTuneCLIP run (e.g. averaged.ckpt), "
-                        "or a .pth / .pyth checkpoint released by the FROSTER or Open-VCLIP authors")
+    parser.add_argument("checkpoint", help="the .ckpt file of a FROSTER or FineTuneCLIP run (e.g. averaged.ckpt) "
+                        "or of a DHO run (last.ckpt), or a .pth / .pyth checkpoint released by the FROSTER or "
+                        "Open-VCLIP authors")
     parser.add_argument("--out", required=True, help="folder to write the student to (created if missing)")
     parser.add_argument("--arch", default="ViT-B-16",
                         help="open_clip architecture of an authors' checkpoint (default ViT-B-16; unused for .ckpt)")
@@ -44,11 +55,11 @@ def build_parser() -> argparse.ArgumentParser:
 AUTHORS_SUFFIXES = (".pth", ".pyth")
 
 
-def _check_out(out: str | Path, overwrite: bool) -> Path:
+def _check_out(out: str | Path, overwrite: bool, files: Sequence[str] = (WEIGHTS_FILE, CONFIG_FILE)) -> Path:
     out = Path(out).expanduser()
     if out.exists() and not out.is_dir():
         raise ConfigError(f"--out {out} is a file: the export is a folder, pass a folder path")
-    if not overwrite and any((out / name).exists() for name in (WEIGHTS_FILE, CONFIG_FILE)):
+    if not overwrite and any((out / name).exists() for name in files):
         raise ConfigError(f"{out} already holds an exported model: pass --overwrite to replace it, or another --out")
     return out
 
@@ -65,6 +76,8 @@ def export_student(checkpoint: str | Path, out: str | Path, overwrite: bool = Fa
     checkpoint = Path(checkpoint).expanduser()
     if checkpoint.suffix in AUTHORS_SUFFIXES:
         return export_authors_checkpoint(checkpoint, out, arch, overwrite)
+    if _names_method(checkpoint, "DHO"):
+        return export_dual_head_student(checkpoint, out, overwrite)
     out = _check_out(out, overwrite)
     method = load_video_method(checkpoint)
     weights = method.initial_weights
@@ -79,6 +92,32 @@ def export_student(checkpoint: str | Path, out: str | Path, overwrite: bool = Fa
     }
     model_cfg = open_clip_model_config(weights.name, method.student.model)
     return method.student.save_pretrained(out, model_cfg, metadata)
+
+
+def _names_method(checkpoint: Path, name: str) -> bool:
+    """Whether ``checkpoint`` is a readable Lightning checkpoint of the method class ``name``."""
+    from vlkd.methods.checkpoints import checkpoint_class_path
+
+    try:
+        return checkpoint.is_file() and checkpoint_class_path(checkpoint).rsplit(".", 1)[-1] == name
+    except Exception:  # noqa: BLE001 - not such a checkpoint: the video loader gives the precise error
+        return False
+
+
+def export_dual_head_student(checkpoint: str | Path, out: str | Path, overwrite: bool = False) -> Path:
+    """Write the DHO student of ``checkpoint`` to ``out`` (see :meth:`DualHeadClassifier.save_pretrained`)."""
+    from vlkd.methods.checkpoints import load_method
+    from vlkd.methods.dho import DHO
+    from vlkd.models.dual_head import CONFIG_FILE as DHO_CONFIG
+    from vlkd.models.dual_head import WEIGHTS_FILE as DHO_WEIGHTS
+
+    checkpoint = Path(checkpoint).expanduser()
+    out = _check_out(out, overwrite, (DHO_WEIGHTS, DHO_CONFIG))
+    method = load_method(checkpoint, {"DHO": DHO}, "a DHO student")
+    metadata = {"method": "DHO", "variant": method.variant, "source_checkpoint": checkpoint.name,
+                "student": method.student_name, "teacher": method.teacher.identity.model,
+                "templates": method.templates if isinstance(method.templates, str) else list(method.templates)}
+    return method.student.save_pretrained(out, method.class_names, metadata)
 
 
 def export_authors_checkpoint(checkpoint: str | Path, out: str | Path, arch: str = "ViT-B-16",
@@ -132,6 +171,14 @@ def export_authors_checkpoint(checkpoint: str | Path, out: str | Path, arch: str
 def main(argv: Sequence[str]) -> int:
     args = build_parser().parse_args(list(argv))
     folder = export_student(args.checkpoint, args.out, args.overwrite, args.arch)
+    from vlkd.models.dual_head import CONFIG_KEY
+
+    dual_head_config = folder / "config.json"
+    if dual_head_config.is_file() and CONFIG_KEY in dual_head_config.read_text():
+        print(f"wrote {folder / 'model.safetensors'} and {dual_head_config}\n"
+              f"load it with vlkd.models.DualHeadClassifier.from_pretrained({str(folder)!r}) (combined heads) "
+              f"or timm.create_model({('local-dir:' + str(folder))!r}, pretrained=True) (both heads' logits)")
+        return 0
     print(f"wrote {folder / WEIGHTS_FILE} and {folder / CONFIG_FILE}\n"
           f"load it with vlkd.models.VideoCLIP.from_pretrained({str(folder)!r}) (video student) "
           f"or vlkd.create_teacher({str(folder)!r}) (frame by frame)")

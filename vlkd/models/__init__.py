@@ -82,8 +82,13 @@ def residual_vit(
 
 
 @register_student
-def dual_head(num_classes: int, backbone: str = "resnet18", pretrained: bool = False,
-              image_size: int | None = None) -> DualHeadClassifier:
+def dual_head(num_classes: int | None = None, backbone: str = "resnet18", pretrained: bool = False,
+              image_size: int | None = None, folder: str | None = None) -> DualHeadClassifier:
     """DHO's student: the timm model ``backbone`` with a CE head and a KD head (see
-    :class:`~vlkd.models.dual_head.DualHeadClassifier`; ``from_clip`` for a CLIP image tower)."""
+    :class:`~vlkd.models.dual_head.DualHeadClassifier`; ``from_clip`` for a CLIP image tower),
+    or with ``folder`` the trained student ``vlkd export`` wrote there (its classes, alpha and beta)."""
+    if folder is not None:
+        return DualHeadClassifier.from_pretrained(folder)
+    if num_classes is None:
+        raise ConfigError("create_student('dual_head') needs num_classes (a new student) or folder (an exported one)")
     return DualHeadClassifier.from_timm(backbone, num_classes, pretrained=pretrained, image_size=image_size)
