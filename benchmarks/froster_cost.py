@@ -32,14 +32,13 @@ import argparse
 import os
 import platform
 import statistics
-import time
 from pathlib import Path
 
 import torch
 from tqdm import tqdm
 
 from vlkd.eval import markdown_table, write_results
-from vlkd.eval.cost import count_flops, peak_memory
+from vlkd.eval.cost import count_flops, peak_memory, time_round_robin
 
 HERE = Path(__file__).parent
 RESULTS = HERE / "results"
@@ -94,12 +93,9 @@ def main() -> None:
     rows = {}
     for name, step in tqdm(steps.items(), desc="FLOPs and memory"):
         step()  # warm-up: allocates the optimiser state and fills the teacher's prompt cache
-        rows[name] = {"flops": count_flops(step), "peak_bytes": peak_memory(step), "times": []}
-    for _ in tqdm(range(args.repeats), desc="timing"):
-        for name, step in steps.items():  # round-robin: load changes on a shared machine hit every row
-            start = time.perf_counter()
-            step()
-            rows[name]["times"].append(time.perf_counter() - start)
+        rows[name] = {"flops": count_flops(step), "peak_bytes": peak_memory(step)}
+    for name, times in time_round_robin(steps, args.repeats, progress="timing").items():
+        rows[name]["times"] = times
 
     # Where a step's FLOPs go: the parts FROSTER adds and the part both methods share.
     froster, fine_tuning = built["FROSTER"], built["fine-tuning"]

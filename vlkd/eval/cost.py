@@ -66,3 +66,23 @@ def peak_memory(fn: Callable[[], object]) -> int:
         current += event.nbytes()
         peak = max(peak, current)
     return peak
+
+
+def time_round_robin(calls: dict[str, Callable[[], object]], repeats: int, progress: str | None = None
+                     ) -> dict[str, list[float]]:
+    """Seconds of each of ``repeats`` runs of every call, taken in turns (call 1, 2, ..., 1, 2, ...).
+
+    Taking turns means a change of load on a shared machine hits every call alike, so ratios
+    between them stay fair. Warm up the calls first; this only times them.
+    """
+    import time
+
+    from tqdm import tqdm
+
+    times: dict[str, list[float]] = {name: [] for name in calls}
+    for _ in tqdm(range(repeats), desc=progress or "timing", disable=progress is None, leave=False):
+        for name, call in calls.items():
+            start = time.perf_counter()
+            call()
+            times[name].append(time.perf_counter() - start)
+    return times
