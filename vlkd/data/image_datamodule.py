@@ -225,33 +225,22 @@ class ImageDataModule(pl.LightningDataModule):
         return self.val_sets + self.test_sets
 
     # -- loaders ------------------------------------------------------------------
-    @staticmethod
-    def _drops_last(dataset: ImageDataset, batch_size: int, shuffle: bool) -> bool:
-        return shuffle and len(dataset) > batch_size
-
-    def _loader(self, dataset: ImageDataset, batch_size: int, shuffle: bool, passes_per_epoch: int = 1) -> DataLoader:
+    def _loader(self, dataset: ImageDataset, batch_size: int, shuffle: bool) -> DataLoader:
         # Replaying a cache, the sampler numbers the passes, which pick the stored views.
-        sampler = EpochSampler(len(dataset), passes_per_epoch) if shuffle and dataset.teacher_cache else None
+        sampler = EpochSampler(len(dataset)) if shuffle and dataset.teacher_cache else None
         return DataLoader(dataset, batch_size=batch_size, shuffle=shuffle if sampler is None else None,
                           sampler=sampler, num_workers=self.num_workers, collate_fn=collate_images,
-                          persistent_workers=self.num_workers > 0,
-                          drop_last=self._drops_last(dataset, batch_size, shuffle))
-
-    def _batches(self, dataset: ImageDataset, batch_size: int) -> int:
-        return len(dataset) // batch_size if self._drops_last(dataset, batch_size, True) else math.ceil(
-            len(dataset) / batch_size)
+                          persistent_workers=self.num_workers > 0, drop_last=shuffle and len(dataset) > batch_size)
 
     def train_dataloader(self):
         from lightning.pytorch.utilities import CombinedLoader
 
-        cycles = 1
-        if self.unlabelled_dataset is not None:  # how often the labelled loader restarts in one epoch
-            cycles = math.ceil(self._batches(self.unlabelled_dataset, self.unlabelled_batch_size)
-                               / self._batches(self.labelled_dataset, self.batch_size))
-        loaders = {"labelled": self._loader(self.labelled_dataset, self.batch_size, shuffle=True,
-                                            passes_per_epoch=cycles)}
+        loaders = {"labelled": self._loader(self.labelled_dataset, self.batch_size, shuffle=True)}
         if self.unlabelled_dataset is not None:
             loaders["unlabelled"] = self._loader(self.unlabelled_dataset, self.unlabelled_batch_size, shuffle=True)
+            sampler = loaders["labelled"].sampler
+            if isinstance(sampler, EpochSampler):  # the labelled loader restarts this often in one epoch
+                sampler.passes_per_epoch = math.ceil(len(loaders["unlabelled"]) / len(loaders["labelled"]))
         # One epoch is one pass over the larger loader (the unlabelled pool); the labelled one cycles.
         return CombinedLoader(loaders, mode="max_size_cycle")
 
