@@ -29,6 +29,10 @@ _EXPORTS = {
     "read_subset_list": "vlkd.data.images",
     "ImageDataModule": "vlkd.data.image_datamodule",
     "SynthImagesDataModule": "vlkd.data.image_datamodule",
+    "DetectionDataset": "vlkd.data.detection",
+    "read_coco_annotations": "vlkd.data.detection",
+    "DetectionDataModule": "vlkd.data.detection_datamodule",
+    "SynthDetectionDataModule": "vlkd.data.detection_datamodule",
 }
 
 __all__ = sorted(_EXPORTS)

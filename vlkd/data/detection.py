@@ -35,7 +35,7 @@ import torch
 
 from vlkd.data.datasets import SkippingDataset
 from vlkd.data.images import read_image
-from vlkd.errors import ConfigError, MissingFileError
+from vlkd.errors import ConfigError, MediaReadError, MissingFileError
 from vlkd.paths import asset_path
 
 __all__ = [
@@ -56,7 +56,7 @@ SHIPPED_SPLITS = {"coco_48_17": ("detection", "coco_ovd_48_17.json")}
 @dataclass(frozen=True)
 class DetectionImage:
     """One image and its objects. Boxes are ``(N, 4)`` ``[x0, y0, x1, y1]`` pixels; ``category_ids``
-    are the annotation file's ids; ``ignore`` holds the crowd regions."""
+    are the annotation file's ids; ``ignore`` holds the crowd regions, ``ignore_category_ids`` their categories."""
 
     image_id: int
     path: str  # relative to the image folder
@@ -65,6 +65,7 @@ class DetectionImage:
     boxes: torch.Tensor
     category_ids: torch.Tensor
     ignore: torch.Tensor = field(default_factory=lambda: torch.zeros(0, 4))
+    ignore_category_ids: torch.Tensor = field(default_factory=lambda: torch.zeros(0, dtype=torch.long))
 
     @property
     def num_objects(self) -> int:
@@ -177,7 +178,7 @@ def read_coco_annotations(path: str | Path) -> tuple[list[DetectionImage], dict[
         try:
             image_id, width, height = int(image["id"]), int(image["width"]), int(image["height"])
             records[image_id] = {"path": str(image["file_name"]), "width": width, "height": height,
-                                 "boxes": [], "ids": [], "ignore": []}
+                                 "boxes": [], "ids": [], "ignore": [], "ignore_ids": []}
         except (KeyError, TypeError, ValueError):
             report.skip("images without id, file_name, width or height", repr(image)[:80])
     for annotation in content["annotations"]:
@@ -185,7 +186,8 @@ def read_coco_annotations(path: str | Path) -> tuple[list[DetectionImage], dict[
     images = [DetectionImage(image_id, r["path"], r["width"], r["height"],
                              torch.tensor(r["boxes"], dtype=torch.float32).reshape(-1, 4),
                              torch.tensor(r["ids"], dtype=torch.long),
-                             torch.tensor(r["ignore"], dtype=torch.float32).reshape(-1, 4))
+                             torch.tensor(r["ignore"], dtype=torch.float32).reshape(-1, 4),
+                             torch.tensor(r["ignore_ids"], dtype=torch.long))
               for image_id, r in records.items()]
     return images, categories, report
 
@@ -217,6 +219,7 @@ def _add_annotation(annotation: dict, records: dict, categories: dict, report: A
         report.clipped += 1
     if annotation.get("iscrowd", 0):
         record["ignore"].append(box)
+        record["ignore_ids"].append(category_id)
     else:
         record["boxes"].append(box)
         record["ids"].append(category_id)
@@ -232,7 +235,9 @@ def keep_categories(images: Iterable[DetectionImage], category_ids: Iterable[int
         mask = torch.isin(image.category_ids, wanted)
         if drop_empty and not mask.any():
             continue
-        kept.append(replace(image, boxes=image.boxes[mask], category_ids=image.category_ids[mask]))
+        crowd = torch.isin(image.ignore_category_ids, wanted)
+        kept.append(replace(image, boxes=image.boxes[mask], category_ids=image.category_ids[mask],
+                            ignore=image.ignore[crowd], ignore_category_ids=image.ignore_category_ids[crowd]))
     return kept
 
 
@@ -264,13 +269,25 @@ class DetectionDataset(SkippingDataset):
 
     def __init__(self, root: str | Path, images: Sequence[DetectionImage], class_names: Sequence[str],
                  category_ids: Sequence[int], train: bool = False, flip: bool = True,
-                 max_consecutive_failures: int = 20, seed: int = 0):
+                 max_consecutive_failures: int = 20, seed: int = 0, region_cache=None,
+                 proposals_per_image: int = 200):
         super().__init__(root, images, class_names, train, seed, max_consecutive_failures,
                          "no images: check the annotation file")
         if len(category_ids) != len(class_names):
             raise ValueError(f"{len(category_ids)} category ids for {len(class_names)} class names")
         self.label_of = {int(category_id): label for label, category_id in enumerate(category_ids)}
         self.flip = flip
+        self.region_cache = region_cache
+        self.proposals_per_image = proposals_per_image
+
+    def read(self, index: int) -> dict:
+        """Sample ``index`` as it is (no flip, no stored targets); raises MediaReadError if unreadable."""
+        train, cache = self.train, self.region_cache
+        self.train, self.region_cache = False, None
+        try:
+            return self._load(index, random.Random(0))
+        finally:
+            self.train, self.region_cache = train, cache
 
     def _load(self, index: int, rng: random.Random, pass_number: int | None = None) -> dict:
         record: DetectionImage = self.samples[index]
@@ -283,18 +300,46 @@ class DetectionDataset(SkippingDataset):
             # The file disagrees with its annotation's size: scale the boxes to the pixels.
             scale = torch.tensor([pixels.shape[-1] / record.width, pixels.shape[-2] / record.height] * 2)
             boxes, ignore = boxes * scale, ignore * scale
-        if self.train and self.flip and rng.random() < 0.5:
-            width = pixels.shape[-1]
-            pixels = pixels.flip(-1)
-            boxes = torch.stack([width - boxes[:, 2], boxes[:, 1], width - boxes[:, 0], boxes[:, 3]], dim=1)
-            ignore = torch.stack([width - ignore[:, 2], ignore[:, 1], width - ignore[:, 0], ignore[:, 3]], dim=1)
+        flipped = self.train and self.flip and rng.random() < 0.5
+        width = pixels.shape[-1]
+        item = {}
+        if self.region_cache is not None:
+            item["distill"] = self._stored_regions(index, boxes, flipped, width)
+        if flipped:
+            pixels, boxes, ignore = pixels.flip(-1), flip_boxes(boxes, width), flip_boxes(ignore, width)
         labels = torch.tensor([self.label_of[int(c)] for c in ids.tolist()], dtype=torch.long)
         target = {"boxes": boxes, "labels": labels, "image_id": record.image_id, "ignore": ignore}
-        return {"image": pixels, "target": target}
+        return {"image": pixels, "target": target, **item}
+
+    def _stored_regions(self, index: int, boxes: torch.Tensor, flipped: bool, width: int) -> dict:
+        """The distillation regions of ``vlkd cache`` for this image: its base boxes (weight 1) and its best
+        ``proposals_per_image`` CLIP proposals (weights: the teacher's confidence, mean 1 over the image)."""
+        if not self.region_cache.has(index):
+            raise MediaReadError(self.path_of(index), "image", "it could not be read when the teacher cache was built")
+        stored = self.region_cache.targets(index, flipped)
+        if stored.gt_boxes.shape != boxes.shape or not torch.allclose(stored.gt_boxes, boxes.float(), atol=1e-3):
+            raise ConfigError(f"the teacher cache {self.region_cache.folder} holds other boxes for {self.path_of(index)} "
+                              "than its annotation file: rebuild the cache for this annotation file")
+        count = min(self.proposals_per_image, len(stored.proposal_boxes))
+        proposal_boxes, confidence = stored.proposal_boxes[:count], stored.proposal_confidence[:count]
+        weights = confidence / confidence.mean() if count else confidence
+        regions = torch.cat([stored.gt_boxes, proposal_boxes])
+        if flipped:
+            regions = flip_boxes(regions, width)
+        return {"boxes": regions, "embeddings": torch.cat([stored.gt_embeddings, stored.proposal_embeddings[:count]]),
+                "weights": torch.cat([torch.ones(len(stored.gt_boxes)), weights.float()])}
+
+
+def flip_boxes(boxes: torch.Tensor, width: int) -> torch.Tensor:
+    """(N, 4) ``x0 y0 x1 y1`` boxes of an image ``width`` pixels wide, mirrored left to right."""
+    return torch.stack([width - boxes[:, 2], boxes[:, 1], width - boxes[:, 0], boxes[:, 3]], dim=1)
 
 
 def collate_detection(items: list[dict]) -> dict:
     """Images of different sizes stay a list (the detector batches them); targets a list of dicts."""
-    return {"images": [item["image"] for item in items], "targets": [item["target"] for item in items],
+    batch = {"images": [item["image"] for item in items], "targets": [item["target"] for item in items],
             "index": torch.tensor([item["index"] for item in items], dtype=torch.long),
             "skipped": [path for item in items for path in item["skipped"]]}
+    if all("distill" in item for item in items):
+        batch["distill"] = [item["distill"] for item in items]
+    return batch
