@@ -153,7 +153,15 @@ class FrozenCLIP(TeacherMixin, nn.Module):
         """(M, 3, S, S) the crops of ``boxes`` (see :meth:`encode_regions`) at the model's size, in [0, 1]."""
         crops = crop_regions(images, boxes, crop)
         mode = self.preprocess.interpolation
-        return torch.stack([eval_transform(region, self.image_size, mode=mode) for region in crops])
+        # Dense boxes (anchors, proposals) share a few crop shapes: resizing each shape's crops as one batch
+        # gives the same pixels as one call per crop, many times faster.
+        by_shape: dict[tuple[int, ...], list[int]] = {}
+        for index, region in enumerate(crops):
+            by_shape.setdefault(tuple(region.shape), []).append(index)
+        out = crops[0].new_empty((len(crops), 3, self.image_size, self.image_size))
+        for indices in by_shape.values():
+            out[indices] = eval_transform(torch.stack([crops[i] for i in indices]), self.image_size, mode=mode)
+        return out
 
     @torch.no_grad()
     def encode_regions(self, images, boxes: torch.Tensor, crop: RegionCrop | None = None) -> torch.Tensor:
