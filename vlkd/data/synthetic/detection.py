@@ -39,7 +39,7 @@ rule (:class:`~vlkd.teacher.regions.RegionCrop` ``(enlarge=1.2, min_size=10,
 square=True)``) shows an object covering a third to a half of a zero-padded square,
 with little ground, upsampled from 16-44 px (median 25): out of its domain, which is
 EZAD's premise. Its crop accuracy before and after re-normalisation is measured by
-``benchmarks/ezad_synth.py`` (see the README).
+``benchmarks/ezad_crops.py`` (see the README and :mod:`vlkd.teacher.renormalize`).
 
 Layout (COCO's; ``file_name`` is relative to the split's image folder)::
 
