@@ -12,12 +12,14 @@ from torch import nn
 
 from vlkd.errors import ConfigError
 from vlkd.models.dual_head import DualHeadClassifier, DualHeadOutput
+from vlkd.models.ezad_detector import EZADFasterRCNN
 from vlkd.models.residual_vit import ResidualViT, StreamState, residual_vit_from_checkpoint
 from vlkd.models.video_clip import VideoCLIP
 
 __all__ = [
     "DualHeadClassifier",
     "DualHeadOutput",
+    "EZADFasterRCNN",
     "ResidualViT",
     "StreamState",
     "VideoCLIP",
@@ -92,3 +94,29 @@ def dual_head(num_classes: int | None = None, backbone: str = "resnet18", pretra
     if num_classes is None:
         raise ConfigError("create_student('dual_head') needs num_classes (a new student) or folder (an exported one)")
     return DualHeadClassifier.from_timm(backbone, num_classes, pretrained=pretrained, image_size=image_size)
+
+
+@register_student
+def ezad_faster_rcnn(class_embeddings=None, embed_dim: int | None = None, teacher=None,
+                     class_names: list[str] | None = None, templates="photo", folder: str | None = None,
+                     **settings) -> EZADFasterRCNN:
+    """EZAD's detector student (see :class:`~vlkd.models.ezad_detector.EZADFasterRCNN`, whose keyword
+    arguments ``settings`` are): its vocabulary from ``class_embeddings`` (C, D), or ``teacher``'s
+    text embeddings of ``class_names`` (prompt-ensembled over ``templates``), or only ``embed_dim``
+    (set it later); or with ``folder`` the detector ``save_pretrained`` wrote there."""
+    if folder is not None:
+        return EZADFasterRCNN.from_pretrained(folder)
+    if class_embeddings is None and teacher is not None:
+        if not class_names:
+            raise ConfigError("create_student('ezad_faster_rcnn', teacher=...) needs class_names to embed")
+        class_embeddings = teacher.encode_text(class_names, templates).float().cpu()
+    elif teacher is not None:
+        raise ConfigError("create_student('ezad_faster_rcnn') takes class_embeddings or teacher + class_names, "
+                          "not both")
+    if class_embeddings is None and embed_dim is None:
+        raise ConfigError("create_student('ezad_faster_rcnn') needs class_embeddings, teacher + class_names, "
+                          "embed_dim (a vocabulary set later) or folder (a saved detector)")
+    model = EZADFasterRCNN(class_embeddings, embed_dim, **settings)
+    if class_names is not None and class_embeddings is not None:
+        model.set_class_embeddings(model.class_embeddings, class_names)
+    return model
