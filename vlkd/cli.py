@@ -64,6 +64,7 @@ def _lightning_cli_class():
     # Importing the packages registers vlkd's modules as subclasses, so configs
     # can name them by short class name.
     import vlkd.data.datamodule  # noqa: F401
+    import vlkd.data.detection_datamodule  # noqa: F401
     import vlkd.data.image_datamodule  # noqa: F401
     import vlkd.methods  # noqa: F401
 
@@ -72,7 +73,7 @@ def _lightning_cli_class():
             # A fit ends with the final evaluation (with the averaged weights where
             # EpochWeightAveraging is used): base / novel / HM printed and written
             # as results.json in the run's log folder.
-            if self.trainer.interrupted or not hasattr(self.model, "eval_sets"):
+            if self.trainer.interrupted or not getattr(self.model, "tests_after_fit", False):
                 return
             self.trainer.test(self.model, datamodule=self.datamodule)
 

@@ -191,19 +191,21 @@ class DetectionDataModule(pl.LightningDataModule):
 
 
 class SynthDetectionDataModule(DetectionDataModule):
-    """:class:`DetectionDataModule` on the offline SynthDetection world, rendered into ``root`` when missing
-    (``vlkd synth detection``; about 20 s)."""
+    """:class:`DetectionDataModule` on the offline SynthDetection world, rendered into ``root`` when it holds
+    none (``vlkd synth detection``; about 20 s). A world already there is used as it is, whatever its settings;
+    ``render`` (keyword arguments of :func:`~vlkd.data.synthetic.detection.generate_detection`) renders it
+    with those settings instead."""
 
-    def __init__(self, root: str = "synth/detection", world_seed: int = 0, **kwargs):
+    def __init__(self, root: str = "synth/detection", render: dict | None = None, **kwargs):
         super().__init__(root, **kwargs)
-        self.world_seed = world_seed
+        self.render = render
 
     def prepare_data(self) -> None:
-        from vlkd.data.synthetic.detection import generate_detection
+        from vlkd.data.synthetic.detection import MANIFEST_NAME, generate_detection
 
-        generate_detection(self.root, seed=self.world_seed)
+        if self.render is not None or not (self.root / MANIFEST_NAME).is_file():
+            generate_detection(self.root, **(self.render or {}))
 
     def setup(self, stage: str | None = None) -> None:
-        if not (self.root / "split.json").is_file():
-            self.prepare_data()
+        self.prepare_data()
         super().setup(stage)

@@ -3,6 +3,7 @@
 from vlkd.methods.base import ClassificationMethod, trainable_parameters
 from vlkd.methods.callbacks import EpochWeightAveraging
 from vlkd.methods.dho import DHO
+from vlkd.methods.ezad import EZAD
 from vlkd.methods.finetune import FineTuneCLIP
 from vlkd.methods.froster import FROSTER
 from vlkd.methods.residualvit import ResidualViTDistillation
@@ -10,6 +11,7 @@ from vlkd.methods.zeroshot import ZeroShotCLIP
 
 __all__ = [
     "DHO",
+    "EZAD",
     "FROSTER",
     "EpochWeightAveraging",
     "FineTuneCLIP",

@@ -45,6 +45,9 @@ def trainable_parameters(module: nn.Module) -> list[nn.Parameter]:
 class ClassificationMethod(pl.LightningModule):
     """Base class of the classification methods (see the module docstring)."""
 
+    #: ``vlkd fit`` ends with the test loop (results.json).
+    tests_after_fit = True
+
     def __init__(self) -> None:
         super().__init__()
         self._skipped: list[str] = []
