@@ -193,3 +193,13 @@ def test_imagenet_layout_holds_out_validation_from_the_pool(tmp_path):
     assert len(unlabelled) == 1000 + 3 * 3 - 1000 - 2
     with pytest.raises(ConfigError, match="ImageNet's list"):
         ImageDataModule(str(tmp_path), split_file="x.json", labelled="1percent")
+
+
+def test_an_empty_image_file_is_an_image_read_error(tmp_path):
+    from vlkd.data.images import read_image
+    from vlkd.errors import ImageReadError
+
+    empty = tmp_path / "empty.png"
+    empty.write_bytes(b"")
+    with pytest.raises(ImageReadError, match="the file is empty"):
+        read_image(empty)

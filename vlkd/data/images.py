@@ -232,12 +232,14 @@ def read_image(path: Path) -> torch.Tensor:
     """An RGB image as a (3, H, W) uint8 tensor; :class:`~vlkd.errors.ImageReadError` if it cannot be decoded."""
     from torchvision.io import ImageReadMode, decode_image
 
+    path = Path(path)
     try:
-        data = torch.frombuffer(bytearray(path.read_bytes()), dtype=torch.uint8)
+        raw = path.read_bytes()
     except OSError as error:
         raise ImageReadError(path, error.strerror or str(error)) from None
-    if data.numel() == 0:
+    if not raw:  # torch.frombuffer refuses an empty buffer
         raise ImageReadError(path, "the file is empty")
+    data = torch.frombuffer(bytearray(raw), dtype=torch.uint8)
     try:
         return decode_image(data, mode=ImageReadMode.RGB)
     except (RuntimeError, ValueError) as error:
