@@ -86,3 +86,20 @@ def test_an_unknown_variant_is_refused_with_the_choices():
 
     with pytest.raises(ConfigError, match="base_only"):
         EZAD(variant="ezad_plus")
+
+
+@pytest.mark.slow
+def test_vlkd_cache_builds_the_region_cache_a_fit_then_reads(world, tmp_path, capsys):
+    work = tmp_path / "work"
+    override = _override(tmp_path, world, work)
+    out = tmp_path / "regions"
+    assert main(["cache", "--config", str(CONFIG), "--config", str(override), "--out", str(out), "--no-progress",
+                 "--shard-size", "4"]) == 0
+    assert main(["cache", "--verify", str(out)]) == 0
+    assert json.loads((out / "index.json").read_text())["shards"][1]["samples"] == [4, 8]
+    results = _fit(tmp_path, world, work, "--data.init_args.teacher_cache", str(out))
+    assert "novel_ap50" in results["metrics"]
+    assert not list(work.glob("cache-*"))  # the fit read the given cache and built none
+    capsys.readouterr()
+    assert main(["cache", "--config", str(CONFIG), "--config", str(override), "--out", str(out), "--views", "4"]) != 0
+    assert "drop --views" in capsys.readouterr().err

@@ -85,6 +85,8 @@ def build(args, lightning_args: list[str]) -> int:
 
     cli = build_from_config(lightning_args)
     method, datamodule = cli.model, cli.datamodule
+    if hasattr(method, "build_region_cache"):  # detection: region embeddings per image, not views of samples
+        return build_regions(method, datamodule, args)
     if not getattr(method, "teacher_target_names", ()):
         raise ConfigError(f"{type(method).__name__} has no teacher outputs to cache (it trains without a teacher's "
                           "targets, or they are turned off)")
@@ -114,4 +116,22 @@ def build(args, lightning_args: list[str]) -> int:
         print(f"teacher cache {folder}: {len(datamodule.train_dataset)} samples x {args.views} view(s) in "
               f"{builder.num_shards} shard(s) ({builder.kept} kept from an earlier build on this rank); "
               f"{missing} unreadable sample(s) listed in index.json")
+    return 0
+
+
+def build_regions(method, datamodule, args) -> int:
+    """``vlkd cache`` of a detection config (EZAD): the base boxes' and CLIP proposals' embeddings of every
+    training image, for the image and its mirror (the model's ``cache_views``; ``--views`` does not apply)."""
+    if args.views != 1:
+        raise ConfigError("a detection cache stores the image and its mirror image (model.init_args.cache_views), "
+                          "not --views random views: drop --views")
+    datamodule.teacher_cache = None
+    datamodule.prepare_data()
+    datamodule.setup("fit")
+    folder = method.build_region_cache(datamodule, Path(args.out).expanduser(), dtype=args.dtype,
+                                       shard_size=args.shard_size, progress=not args.no_progress)
+    index = json.loads((folder / "index.json").read_text())
+    missing = sum(len(entry["missing"]) for entry in index["shards"])
+    print(f"detection cache {folder}: {len(datamodule.train_records)} training images in {len(index['shards'])} "
+          f"shard(s); {missing} unreadable image(s) listed in index.json")
     return 0

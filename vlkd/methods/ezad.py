@@ -166,12 +166,7 @@ class EZAD(pl.LightningModule):
     def setup(self, stage: str) -> None:
         datamodule = self.trainer.datamodule
         datamodule.setup(stage)
-        raw = self.teacher_spec.build()
-        teacher = raw
-        if self.uses_renormalization:
-            teacher = self._renormalized_teacher(datamodule)
-        self.teacher = teacher
-        self.raw_teacher = raw if self.variant == "vild" else None
+        teacher = self.prepare_teacher(datamodule)
         self._build_detector(teacher.embed_dim)
         self.detector.to(self.device)
         # The frozen class-text embeddings: the base names for training, all names for evaluation.
@@ -179,7 +174,7 @@ class EZAD(pl.LightningModule):
         self.eval_text = teacher.encode_text(datamodule.class_names, self.templates).float()
         if stage == "fit" and self.variant in _CACHED:
             if datamodule.region_cache is None:
-                datamodule.attach_cache(self._detection_cache(datamodule, teacher))
+                datamodule.attach_cache(self.build_region_cache(datamodule))
             cache = datamodule.region_cache
             cache.check(teacher, datamodule.annotation_file("train"), datamodule.class_names, datamodule.base_names,
                         len(datamodule.train_records))
@@ -193,8 +188,11 @@ class EZAD(pl.LightningModule):
         from vlkd.teacher.renormalize import renormalize_teacher
 
         settings = {key: value for key, value in self.renormalization.items() if key != "always"}
+        key_settings = {k: v for k, v in settings.items() if k != "progress"}
+        if "progress" not in settings:  # quiet when the trainer is
+            settings["progress"] = self._trainer is None or self.trainer.progress_bar_callback is not None
         key = _digest({"teacher": asdict(self.teacher_spec), "annotations": str(datamodule.annotation_file("train")),
-                       "base": datamodule.base_names, "settings": settings, "templates": self.templates})
+                       "base": datamodule.base_names, "settings": key_settings, "templates": self.templates})
         result = renormalize_teacher(
             self.teacher_spec.name, self.teacher_spec.pretrained, datamodule.annotation_file("train"),
             datamodule.image_dir("train"), datamodule.base_names, self.work_dir / f"teacher-{key}",
@@ -208,19 +206,35 @@ class EZAD(pl.LightningModule):
         self.teacher_folder = str(result.folder)
         return create_teacher(str(result.folder), None, precision=self.teacher_spec.precision)
 
-    def _detection_cache(self, datamodule, teacher) -> Path:
+    def prepare_teacher(self, datamodule):
+        """The run's teacher (re-normalised on ``datamodule``'s base crops unless the variant uses the raw one)."""
+        if self.teacher is None:
+            raw = self.teacher_spec.build()
+            self.teacher = self._renormalized_teacher(datamodule) if self.uses_renormalization else raw
+            self.raw_teacher = raw if self.variant == "vild" else None
+        return self.teacher
+
+    def build_region_cache(self, datamodule, out: str | Path | None = None, dtype: str = "float16",
+                           shard_size: int = 256, progress: bool | None = None) -> Path:
+        """Build (or finish, or reuse) the detection cache of ``datamodule``'s training set; ``vlkd cache`` calls
+        this with its ``--out``, a fit with ``out=None`` (a folder of ``work_dir`` named by what it holds)."""
         from vlkd.teacher.detection_cache import build_detection_cache
 
+        if self.variant not in _CACHED:
+            raise ConfigError(f"the {self.variant} variant distils nothing stored (base_only: no distillation; "
+                              "vild: the detector's own proposals, in the step): it needs no vlkd cache")
+        teacher = self.prepare_teacher(datamodule)
         key = _digest({"teacher": teacher.identity.to_dict(), "annotations": str(datamodule.annotation_file("train")),
                        "names": datamodule.class_names, "base": datamodule.base_names,
                        "proposals": self.proposal_settings.to_dict(), "views": self.cache_views,
                        "images": len(datamodule.train_records)})
-        folder = self.work_dir / f"cache-{key}"
-        build_detection_cache(teacher, datamodule.train_dataset(augment=False, with_cache=False),
-                              datamodule.class_names, datamodule.base_names, datamodule.annotation_file("train"),
-                              folder, self.proposal_settings, views=self.cache_views,
-                              progress=getattr(self.trainer, "progress_bar_callback", None) is not None)
-        return folder
+        folder = Path(out) if out is not None else self.work_dir / f"cache-{key}"
+        if progress is None:
+            progress = self._trainer is None or self.trainer.progress_bar_callback is not None
+        return build_detection_cache(teacher, datamodule.train_dataset(augment=False, with_cache=False),
+                                     datamodule.class_names, datamodule.base_names,
+                                     datamodule.annotation_file("train"), folder, self.proposal_settings,
+                                     views=self.cache_views, dtype=dtype, shard_size=shard_size, progress=progress)
 
     # -- training -------------------------------------------------------------------------------------
     def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
