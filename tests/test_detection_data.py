@@ -185,3 +185,17 @@ def test_no_detections_and_groups_without_ground_truth():
     assert "novel_ap50" not in results and results["base_ap50"] == pytest.approx(100.0)
     with pytest.raises(ConfigError, match="category_id 5"):
         coco_box_ap(GT, [_detection(1, 5, [1, 1, 2, 2])], GROUPS)
+
+
+def test_lvis_images_named_by_coco_url_resolve_under_the_coco_root(tmp_path):
+    content = {"images": [{"id": 1, "width": 10, "height": 8,
+                           "coco_url": "http://images.cocodataset.org/val2017/000000000001.jpg"},
+                          {"id": 2, "width": 10, "height": 8, "file_name": "a.jpg"},
+                          {"id": 3, "width": 10, "height": 8}],
+               "annotations": [{"id": 1, "image_id": 1, "category_id": 5, "bbox": [1, 1, 3, 3]}],
+               "categories": [{"id": 5, "name": "ball", "frequency": "r"}]}
+    path = tmp_path / "lvis.json"
+    path.write_text(json.dumps(content))
+    images, _, report = read_coco_annotations(path)
+    assert sorted(image.path for image in images) == ["a.jpg", "val2017/000000000001.jpg"]
+    assert report.total_skipped == 1  # the image with neither

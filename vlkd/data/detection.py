@@ -177,10 +177,10 @@ def read_coco_annotations(path: str | Path) -> tuple[list[DetectionImage], dict[
     for image in content["images"]:
         try:
             image_id, width, height = int(image["id"]), int(image["width"]), int(image["height"])
-            records[image_id] = {"path": str(image["file_name"]), "width": width, "height": height,
+            records[image_id] = {"path": _image_path(image), "width": width, "height": height,
                                  "boxes": [], "ids": [], "ignore": [], "ignore_ids": []}
         except (KeyError, TypeError, ValueError):
-            report.skip("images without id, file_name, width or height", repr(image)[:80])
+            report.skip("images without id, file_name (or coco_url), width or height", repr(image)[:80])
     for annotation in content["annotations"]:
         _add_annotation(annotation, records, categories, report)
     images = [DetectionImage(image_id, r["path"], r["width"], r["height"],
@@ -190,6 +190,18 @@ def read_coco_annotations(path: str | Path) -> tuple[list[DetectionImage], dict[
                              torch.tensor(r["ignore_ids"], dtype=torch.long))
               for image_id, r in records.items()]
     return images, categories, report
+
+
+def _image_path(image: dict) -> str:
+    """An image's path under the image folder: its ``file_name``, or, for LVIS v1 (whose images name only
+    their ``coco_url``), the URL's last two parts (``train2017/000000391895.jpg``) under the COCO root."""
+    if "file_name" in image:
+        return str(image["file_name"])
+    url = str(image["coco_url"]).rstrip("/")
+    parts = url.split("/")
+    if len(parts) < 2 or not parts[-1]:
+        raise ValueError(f"coco_url {url!r} does not end in <folder>/<file>")
+    return "/".join(parts[-2:])
 
 
 def _add_annotation(annotation: dict, records: dict, categories: dict, report: AnnotationReport) -> None:

@@ -67,6 +67,7 @@ from pathlib import Path
 
 import lightning.pytorch as pl
 import torch
+import torch.distributed as dist
 
 from vlkd.errors import ConfigError
 from vlkd.eval.detection import coco_box_ap
@@ -83,6 +84,22 @@ _CACHED = ("ezad", "no_renorm", "no_proposals", "no_semantic_regression")
 
 def _digest(value) -> str:
     return hashlib.sha256(json.dumps(value, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def gather_detections(detections: list[dict]) -> list[dict]:
+    """Every rank's detection rows, once per image: DDP's sampler pads the last batches by repeating images, and a
+    repeated image's rows (equal on every rank that saw it) are kept from the first rank that has them."""
+    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
+        return detections
+    parts: list[list[dict]] = [[] for _ in range(dist.get_world_size())]
+    dist.all_gather_object(parts, detections)
+    owner: dict[int, int] = {}
+    merged = []
+    for rank, rows in enumerate(parts):
+        for row in rows:
+            if owner.setdefault(row["image_id"], rank) == rank:
+                merged.append(row)
+    return merged
 
 
 class EZAD(pl.LightningModule):
@@ -188,7 +205,8 @@ class EZAD(pl.LightningModule):
         from vlkd.teacher.renormalize import renormalize_teacher
 
         settings = {key: value for key, value in self.renormalization.items() if key != "always"}
-        key_settings = {k: v for k, v in settings.items() if k != "progress"}
+        # Where and how fast it runs does not change the teacher it makes: those settings stay out of its name.
+        key_settings = {k: v for k, v in settings.items() if k not in ("progress", "device", "threads", "workers")}
         if "progress" not in settings:  # quiet when the trainer is
             settings["progress"] = self._trainer is None or self.trainer.progress_bar_callback is not None
         key = _digest({"teacher": asdict(self.teacher_spec), "annotations": str(datamodule.annotation_file("train")),
@@ -212,7 +230,14 @@ class EZAD(pl.LightningModule):
             raw = self.teacher_spec.build()
             self.teacher = self._renormalized_teacher(datamodule) if self.uses_renormalization else raw
             self.raw_teacher = raw if self.variant == "vild" else None
+            # The stored stages run before Lightning moves the module: put the teacher on this rank's device now.
+            self.teacher.to(self._stage_device())
         return self.teacher
+
+    def _stage_device(self) -> torch.device:
+        if self._trainer is not None:
+            return self.trainer.strategy.root_device
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
     def build_region_cache(self, datamodule, out: str | Path | None = None, dtype: str = "float16",
                            shard_size: int = 256, progress: bool | None = None) -> Path:
@@ -266,7 +291,8 @@ class EZAD(pl.LightningModule):
                                 "weights": boxes.new_zeros(0)})
                     continue
                 rows = torch.cat([boxes.new_zeros(len(boxes), 1), boxes], dim=1).cpu()
-                embeddings = self.raw_teacher.encode_regions([image.cpu()], rows, crop).to(boxes)
+                embeddings = self.raw_teacher.encode_regions([image.to(self.raw_teacher.pixel_mean.device)], rows,
+                                                             crop).to(boxes)
                 out.append({"boxes": boxes, "embeddings": embeddings, "weights": torch.ones_like(boxes[:, 0])})
             return out
 
@@ -324,12 +350,15 @@ class EZAD(pl.LightningModule):
     def _end_eval(self, stage: str) -> None:
         datamodule = self.trainer.datamodule
         split = "test" if stage == "test" else "val"
-        results = coco_box_ap(datamodule.eval_ground_truth[split], self._detections, datamodule.groups(split))
+        detections = gather_detections(self._detections)
+        # Every rank scores the same gathered detections, so the logged numbers agree without a reduction.
+        results = coco_box_ap(datamodule.eval_ground_truth[split], detections, datamodule.groups(split))
         self._detections = []
         self.eval_results = results
         self.log_dict({f"{stage}/{k}": v for k, v in results.items()}, sync_dist=False)
+        # trainer.log_dir broadcasts from rank 0, so every rank must ask for it, not just the writer.
+        out_dir = Path(self.trainer.log_dir or self.trainer.default_root_dir)
         if stage in ("test", "validate") and self.trainer.is_global_zero and not self.trainer.sanity_checking:
-            out_dir = Path(self.trainer.log_dir or self.trainer.default_root_dir)
             headline = {k: results[k] for k in ("base_ap50", "novel_ap50", "all_ap50") if k in results}
             summary = {**headline, "metrics": results, "stage": stage, "variant": self.variant, **self.prepared}
             json_path, _ = write_results(summary, out_dir, name="results")

@@ -108,7 +108,7 @@ def build_detection_cache(teacher, dataset, class_names: Sequence[str], base_nam
         write_json_atomic(stored, manifest)
     if (folder / INDEX).is_file():
         return folder
-    text = teacher.encode_text(list(class_names), list(settings.templates))
+    text = teacher.encode_text(list(class_names), list(settings.templates)).float().cpu()
     base_mask = torch.tensor([name in set(base_names) for name in class_names])
     base_label = torch.tensor([class_names.index(name) for name in base_names])
     num_shards = math.ceil(len(dataset) / shard_size)
@@ -189,8 +189,9 @@ def _write_shard(teacher, dataset, folder: Path, shard: int, shard_size: int, te
 def _regions(teacher, image: torch.Tensor, boxes: torch.Tensor, settings: ProposalSettings) -> torch.Tensor:
     if len(boxes) == 0:
         return torch.zeros(0, teacher.embed_dim)
-    rows = torch.cat([torch.zeros(len(boxes), 1), boxes.float()], dim=1)
-    return torch.cat([teacher.encode_regions([image], chunk, settings.embed_crop).float()
+    rows = torch.cat([torch.zeros(len(boxes), 1), boxes.float().cpu()], dim=1)
+    image = image.to(teacher.pixel_mean.device)
+    return torch.cat([teacher.encode_regions([image], chunk, settings.embed_crop).float().cpu()
                       for chunk in rows.split(settings.batch_size)])
 
 

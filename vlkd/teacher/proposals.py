@@ -188,27 +188,30 @@ def generate_proposals(teacher, image: torch.Tensor, text_embeddings: torch.Tens
     anchors = dense_anchors(new_h, new_w, settings.stride, settings.sizes, settings.ratios)
     anchors = anchors * torch.tensor([width / new_w, height / new_h] * 2)  # to the original pixels
     anchors = anchors[((anchors[:, 2] - anchors[:, 0]) >= 1) & ((anchors[:, 3] - anchors[:, 1]) >= 1)]
-    embeddings = _embed(teacher, image, anchors, settings.score_crop, settings.batch_size)
-    probabilities = (teacher.logit_scale * embeddings @ text_embeddings.to(embeddings).T).softmax(dim=-1)
+    # Scoring, NMS and filtering run where the teacher's embeddings are (a GPU at real scale); results come back
+    # to the CPU.
+    embeddings = _embed(teacher, image, anchors, settings.score_crop, settings.batch_size).float().cpu()
+    probabilities = (teacher.logit_scale * embeddings @ text_embeddings.float().cpu().T).softmax(dim=-1)
     scores = entropy_score(probabilities)
     confidence, labels = probabilities.max(dim=-1)
     order = nms(anchors, scores, settings.nms_iou)[: settings.pre_filter]
     keep = torch.ones(len(order), dtype=torch.bool)
     if len(base_boxes):
-        keep &= box_iou(anchors[order], base_boxes.float()).max(dim=1).values < settings.base_iou
+        keep &= box_iou(anchors[order], base_boxes.float().cpu()).max(dim=1).values < settings.base_iou
     if settings.drop_base_class:
-        keep &= ~base_classes[labels[order]]
+        keep &= ~base_classes.cpu()[labels[order]]
     order = order[keep][: settings.keep]
     boxes = anchors[order]
     if settings.reuses_scoring_embeddings:
         kept_embeddings = embeddings[order]
     else:
-        kept_embeddings = _embed(teacher, image, boxes, settings.embed_crop, settings.batch_size)
+        kept_embeddings = _embed(teacher, image, boxes, settings.embed_crop, settings.batch_size).float().cpu()
     return Proposals(boxes, scores[order], confidence[order], labels[order], kept_embeddings, len(anchors))
 
 
 def _embed(teacher, image: torch.Tensor, boxes: torch.Tensor, crop: RegionCrop, batch_size: int) -> torch.Tensor:
     if len(boxes) == 0:
         return torch.zeros(0, teacher.embed_dim)
-    rows = torch.cat([torch.zeros(len(boxes), 1), boxes.float()], dim=1)
+    rows = torch.cat([torch.zeros(len(boxes), 1), boxes.float().cpu()], dim=1)
+    image = image.to(teacher.pixel_mean.device)  # cropped and embedded on the teacher's device
     return torch.cat([teacher.encode_regions([image], chunk, crop).float() for chunk in rows.split(batch_size)])
