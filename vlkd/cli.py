@@ -35,9 +35,11 @@ EXTRA_COMMANDS: dict[str, tuple[str, str]] = {
     "zeroshot": ("vlkd.commands.zeroshot", "evaluate a frozen teacher zero-shot on a video split: base / novel / HM"),
     "encode": ("vlkd.commands.encode", "dense per-frame features of long videos with ResidualViT (or the full ViT)"),
     "demo": ("vlkd.commands.demo", "a local web page for zero-shot action queries on a video (needs vlkd[demo])"),
-    "export": ("vlkd.commands.export", "write a trained video student (FROSTER, fine-tuning) as an open_clip weights folder"),
+    "export": ("vlkd.commands.export", "write a trained student as a folder that loads without Lightning (video "
+               "students: open_clip; DHO: timm; EZAD: the detector)"),
     "serve": ("vlkd.commands.serve", "serve a frozen CLIP teacher over HTTP with dynamic batching (needs vlkd[serve])"),
     "cache": ("vlkd.commands.cache", "compute a config's teacher outputs once, for training to read back (--verify checks one)"),
+    "detect": ("vlkd.commands.detect", "find objects named in free text on images with a trained EZAD detector (COCO JSON + PNGs)"),
 }
 
 

@@ -9,6 +9,16 @@ or ``timm.create_model("local-dir:" + folder, pretrained=True)``.
 
     vlkd export runs/dho_synth/lightning_logs/version_0/checkpoints/last.ckpt --out students/dho_synth
 
+An EZAD checkpoint (``last.ckpt`` of a ``vlkd fit`` run of ``vlkd.methods.EZAD``) becomes the
+detector's folder (``model.safetensors`` and ``config.json``, :meth:`EZADFasterRCNN.save_pretrained`)
+with the run's class names embedded as its vocabulary, and in the config's metadata the
+teacher that embeds new names (the run's re-normalised teacher folder, or the config's
+teacher by name) and the prompt templates, so ``vlkd detect --checkpoint FOLDER`` and
+``vlkd demo --detector FOLDER`` take any names. ``--include-teacher`` copies the
+re-normalised teacher folder into the export (``teacher/``), which then stands alone.
+
+    vlkd export runs/ezad_synth/lightning_logs/version_0/checkpoints/last.ckpt --out detectors/ezad_synth
+
 
 Takes the checkpoint a FROSTER or fine-tuning run wrote (``averaged.ckpt``: the
 epoch-averaged weights the final evaluation used) and writes the student's CLIP
@@ -43,12 +53,16 @@ from vlkd.models.video_clip import CONFIG_FILE, WEIGHTS_FILE
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="vlkd export", description=__doc__.split("\n\n")[0])
     parser.add_argument("checkpoint", help="the .ckpt file of a FROSTER or FineTuneCLIP run (e.g. averaged.ckpt) "
-                        "or of a DHO run (last.ckpt), or a .pth / .pyth checkpoint released by the FROSTER or "
+                        "or of a DHO or EZAD run (last.ckpt), or a .pth / .pyth checkpoint released by the FROSTER or "
                         "Open-VCLIP authors")
     parser.add_argument("--out", required=True, help="folder to write the student to (created if missing)")
     parser.add_argument("--arch", default="ViT-B-16",
                         help="open_clip architecture of an authors' checkpoint (default ViT-B-16; unused for .ckpt)")
     parser.add_argument("--overwrite", action="store_true", help="replace a student already exported to --out")
+    parser.add_argument("--include-teacher", action="store_true",
+                        help="EZAD: copy the run's re-normalised teacher folder into the export (teacher/), so the "
+                             "folder embeds new class names on its own (a teacher named by the config is recorded "
+                             "by name either way)")
     return parser
 
 
@@ -64,11 +78,13 @@ def _check_out(out: str | Path, overwrite: bool, files: Sequence[str] = (WEIGHTS
     return out
 
 
-def export_student(checkpoint: str | Path, out: str | Path, overwrite: bool = False, arch: str = "ViT-B-16") -> Path:
+def export_student(checkpoint: str | Path, out: str | Path, overwrite: bool = False, arch: str = "ViT-B-16",
+                   include_teacher: bool = False) -> Path:
     """Write the student of ``checkpoint`` to the folder ``out``; returns the folder.
 
     A ``.pth`` / ``.pyth`` file is read as an authors' checkpoint of architecture ``arch``
     (:func:`export_authors_checkpoint`), anything else as a vlkd run's checkpoint.
+    ``include_teacher``: an EZAD export carries its re-normalised teacher (:func:`export_ezad_detector`).
     """
     from vlkd.methods.checkpoints import load_video_method
     from vlkd.teacher.factory import open_clip_model_config
@@ -78,6 +94,8 @@ def export_student(checkpoint: str | Path, out: str | Path, overwrite: bool = Fa
         return export_authors_checkpoint(checkpoint, out, arch, overwrite)
     if _names_method(checkpoint, "DHO"):
         return export_dual_head_student(checkpoint, out, overwrite)
+    if _names_method(checkpoint, "EZAD"):
+        return export_ezad_detector(checkpoint, out, overwrite, include_teacher)
     out = _check_out(out, overwrite)
     method = load_video_method(checkpoint)
     weights = method.initial_weights
@@ -118,6 +136,49 @@ def export_dual_head_student(checkpoint: str | Path, out: str | Path, overwrite:
                 "student": method.student_name, "teacher": method.teacher.identity.model,
                 "templates": method.templates if isinstance(method.templates, str) else list(method.templates)}
     return method.student.save_pretrained(out, method.class_names, metadata)
+
+
+def export_ezad_detector(checkpoint: str | Path, out: str | Path, overwrite: bool = False,
+                         include_teacher: bool = False) -> Path:
+    """Write the detector of an EZAD ``checkpoint`` to ``out`` (see :meth:`EZADFasterRCNN.save_pretrained`).
+
+    The vocabulary saved with it is the run's class names (base and novel) embedded by the run's
+    teacher; the metadata records that teacher (``{"folder": ...}`` for a re-normalised one,
+    ``{"name", "pretrained"}`` otherwise) and the templates, which embed any other names later.
+    ``include_teacher``: the re-normalised teacher folder is copied to ``out/teacher`` and recorded
+    relative to the export.
+    """
+    import shutil
+
+    from vlkd.commands.detect import (
+        build_teacher,
+        load_ezad_method,
+        run_teacher_record,
+        stored_class_names,
+        teacher_spec_of,
+    )
+    from vlkd.models.ezad_detector import CONFIG_FILE as EZAD_CONFIG
+    from vlkd.models.ezad_detector import WEIGHTS_FILE as EZAD_WEIGHTS
+
+    checkpoint = Path(checkpoint).expanduser()
+    out = _check_out(out, overwrite, (EZAD_WEIGHTS, EZAD_CONFIG))
+    method = load_ezad_method(checkpoint)
+    names = stored_class_names(checkpoint)
+    if not names:
+        raise ConfigError(f"{checkpoint} records no class names (it was not written by a `vlkd fit` run with a "
+                          "detection data module): pass the last.ckpt such a run wrote")
+    record = run_teacher_record(method, checkpoint)
+    teacher = build_teacher(record)
+    detector = method.detector
+    detector.set_class_embeddings(teacher.encode_text(list(names), method.templates).float(), list(names))
+    if include_teacher and record.get("folder"):
+        shutil.copytree(record["folder"], out / "teacher", dirs_exist_ok=True)
+        record = {**record, "folder": "teacher"}
+    spec = teacher_spec_of(method)
+    metadata = {"method": "EZAD", "variant": method.variant, "source_checkpoint": checkpoint.name,
+                "teacher": record, "templates": list(method.templates),
+                "initial_teacher": {"name": spec.name, "pretrained": spec.pretrained}}
+    return detector.save_pretrained(out, list(names), metadata)
 
 
 def export_authors_checkpoint(checkpoint: str | Path, out: str | Path, arch: str = "ViT-B-16",
@@ -170,8 +231,16 @@ def export_authors_checkpoint(checkpoint: str | Path, out: str | Path, arch: str
 
 def main(argv: Sequence[str]) -> int:
     args = build_parser().parse_args(list(argv))
-    folder = export_student(args.checkpoint, args.out, args.overwrite, args.arch)
+    folder = export_student(args.checkpoint, args.out, args.overwrite, args.arch, args.include_teacher)
+    from vlkd.commands.detect import is_exported_detector
     from vlkd.models.dual_head import CONFIG_KEY
+
+    if is_exported_detector(folder):
+        print(f"wrote {folder / 'model.safetensors'} and {folder / 'config.json'}\n"
+              f"detect any names with it: vlkd detect IMAGE --checkpoint {folder} --classes \"a, b\" --out DIR "
+              f"(or vlkd demo --detector {folder}); in Python: "
+              f"vlkd.models.EZADFasterRCNN.from_pretrained({str(folder)!r})")
+        return 0
 
     dual_head_config = folder / "config.json"
     if dual_head_config.is_file() and CONFIG_KEY in dual_head_config.read_text():

@@ -221,7 +221,7 @@ class EZAD(pl.LightningModule):
         # The premise of EZAD, measured on this run's validation crops among all names.
         self.prepared["crop_top1"] = {when: {"all": accuracy.top1, **accuracy.groups}
                                       for when, accuracy in (("before", result.before), ("after", result.after))}
-        self.teacher_folder = str(result.folder)
+        self.teacher_folder = str(Path(result.folder).resolve())  # a checkpoint is read from anywhere
         return create_teacher(str(result.folder), None, precision=self.teacher_spec.precision)
 
     def prepare_teacher(self, datamodule):
