@@ -1,4 +1,5 @@
-"""The demo's scoring logic (vlkd.demo.handler), its samples and the `vlkd demo` command line, without a browser."""
+"""The demo's scoring and detection logic (vlkd.demo.handler), its samples and the `vlkd demo` command line,
+without a browser."""
 
 from __future__ import annotations
 
@@ -13,8 +14,16 @@ from vlkd.cli import main
 from vlkd.commands.teacher_options import DEFAULT_TEACHER
 from vlkd.data.video import probe_video
 from vlkd.data.writer import write_video
-from vlkd.demo import DemoInputError, load_student_scorer, load_teacher_scorer, parse_names, score_video
-from vlkd.demo.handler import MAX_CLASSES
+from vlkd.demo import (
+    DemoInputError,
+    detect_objects,
+    load_detector,
+    load_student_scorer,
+    load_teacher_scorer,
+    parse_names,
+    score_video,
+)
+from vlkd.demo.handler import MAX_CLASSES, NO_DETECTOR_HELP
 from vlkd.demo.samples import FPS, SAMPLES, load_samples
 from vlkd.errors import ConfigError, MissingFileError
 
@@ -258,6 +267,7 @@ def test_bad_checkpoints_fail_with_one_clear_error(tmp_path):
      "vlkd demo: error: student checkpoint not found: /no/such/student.ckpt"),
     (["--port", "70000"], "vlkd demo: error: --port must be between 1 and 65535, got 70000"),
     (["--max-frames", "0"], "vlkd demo: error: --fps, --max-frames and --max-classes must be positive"),
+    (["--detector", "/no/such/last.ckpt"], "vlkd demo: error: detector checkpoint not found: /no/such/last.ckpt"),
 ])
 def test_the_command_line_fails_with_one_line(capsys, args, message):
     assert main(["demo", *args]) == 2
@@ -268,3 +278,144 @@ def test_the_command_line_fails_with_one_line(capsys, args, message):
 def test_demo_is_listed_in_the_command_line_help(capsys):
     assert main(["--help"]) == 0
     assert "  demo " in capsys.readouterr().out
+
+
+# --------------------------------------------------------------------------- the detection tab
+
+OBJECTS = "red ball, blue triangle"
+
+
+def write_random_detector(folder: Path, names: tuple[str, ...] = ("red ball", "blue triangle")) -> Path:
+    """An untrained EZAD detector in the folder layout `vlkd export` writes, recording the shipped teacher."""
+    from vlkd.models import create_student
+    from vlkd.teacher import create_teacher
+
+    teacher = create_teacher(*DEFAULT_TEACHER)
+    torch.manual_seed(0)
+    detector = create_student("ezad_faster_rcnn", embed_dim=teacher.embed_dim, backbone="resnet18", fpn_channels=16,
+                              min_size=128, max_size=128, anchor_sizes=[[8], [16], [32], [64], [128]], shared_convs=0,
+                              shared_fcs=1, cls_convs=0, cls_fcs=0, reg_convs=0, reg_fcs=0, fc_channels=64)
+    templates = ["a photo of a {}"]
+    detector.set_class_embeddings(teacher.encode_text(list(names), templates))
+    metadata = {"method": "EZAD", "teacher": {"name": DEFAULT_TEACHER[0], "pretrained": DEFAULT_TEACHER[1]},
+                "templates": templates}
+    return detector.save_pretrained(folder, list(names), metadata)
+
+
+def write_scene(path: Path) -> Path:
+    """A 96 x 128 picture: a red disc and a blue triangle on grass."""
+    from PIL import Image, ImageDraw
+
+    image = Image.new("RGB", (128, 96), (40, 140, 40))
+    draw = ImageDraw.Draw(image)
+    draw.ellipse([20, 20, 50, 50], fill=(220, 30, 30))
+    draw.polygon([(80, 70), (110, 70), (95, 40)], fill=(30, 60, 220))
+    image.save(path)
+    return path
+
+
+@pytest.fixture(scope="module")
+def detector(tmp_path_factory):
+    return load_detector(write_random_detector(tmp_path_factory.mktemp("detector") / "ezad_synth"))
+
+
+@pytest.fixture(scope="module")
+def scene(tmp_path_factory):
+    return write_scene(tmp_path_factory.mktemp("scene") / "scene.png")
+
+
+def test_detections_are_sorted_inside_the_image_and_drawn(detector, scene):
+    found = detect_objects(scene, OBJECTS, detector, score_threshold=0.0)
+    assert found.names == ["red ball", "blue triangle"] and (found.width, found.height) == (128, 96)
+    assert found.objects and found.model == "EZAD detector: ezad_synth" and found.score_threshold == 0.0
+    scores = [item["score"] for item in found.objects]
+    assert scores == sorted(scores, reverse=True) and all(0 < s <= 1 for s in scores) and len(scores) <= 100
+    for item in found.objects:
+        x0, y0, x1, y1 = item["box"]
+        assert 0 <= x0 < x1 <= 128 and 0 <= y0 < y1 <= 96 and item["object"] in found.names
+    rows = found.rows()
+    assert len(rows) == len(found.objects) and set(rows[0]) == {"object", "score", "x", "y", "width", "height"}
+    assert rows[0]["width"] == pytest.approx(found.objects[0]["box"][2] - found.objects[0]["box"][0], abs=0.06)
+    assert sum(found.counts().values()) == len(found.objects) and list(found.counts()) == found.names
+    assert found.image.size == (128 * 6, 96 * 6)  # drawn enlarged: at least 512 px on the shorter side
+
+
+def test_the_threshold_keeps_only_higher_scores(detector, scene):
+    everything = detect_objects(scene, OBJECTS, detector, score_threshold=0.0, max_detections=1000)
+    middle = sorted(item["score"] for item in everything.objects)[len(everything.objects) // 2]
+    above = detect_objects(scene, OBJECTS, detector, score_threshold=middle, max_detections=1000)
+    assert above.objects and all(item["score"] > middle for item in above.objects)
+    assert len(above.objects) < len(everything.objects)
+    kept = sorted((item["object"], item["box"]) for item in everything.objects if item["score"] > middle)
+    assert sorted((item["object"], item["box"]) for item in above.objects) == kept
+    capped = detect_objects(scene, OBJECTS, detector, score_threshold=0.0, max_detections=5)
+    assert len(capped.objects) == 5
+
+
+def test_other_names_give_other_detections(detector, scene):
+    first = detect_objects(scene, OBJECTS, detector, score_threshold=0.0)
+    other = detect_objects(scene, ["green star", "yellow square", "purple ball"], detector, score_threshold=0.0)
+    assert other.names == ["green star", "yellow square", "purple ball"]
+    assert {item["object"] for item in other.objects} <= set(other.names)
+    assert [item["score"] for item in other.objects] != [item["score"] for item in first.objects]
+
+
+def _bad_image(kind: str, folder: Path) -> Path | None:
+    if kind == "none":
+        return None
+    path = folder / f"{kind}.png"
+    if kind == "text":
+        path.write_text("not an image")
+    elif kind == "empty":
+        path.write_bytes(b"")
+    elif kind == "truncated":
+        data = write_scene(folder / "whole.png").read_bytes()
+        path.write_bytes(data[: len(data) // 3])
+    elif kind == "video":
+        path = folder / "clip.mp4"
+        path.write_bytes((SAMPLE_DIR / "red_square_on_grass.mp4").read_bytes())
+    return path
+
+
+@pytest.mark.parametrize(("kind", "message"), [
+    ("none", "upload an image"),
+    ("missing", "cannot read missing.png as an image"),
+    ("text", "cannot read text.png as an image"),
+    ("empty", "cannot read empty.png as an image"),
+    ("truncated", "cannot read truncated.png as an image"),
+    ("video", "cannot read clip.mp4 as an image"),
+])
+def test_unreadable_images_get_a_message_naming_the_file(detector, tmp_path, kind, message):
+    with pytest.raises(DemoInputError, match=message) as error:
+        detect_objects(_bad_image(kind, tmp_path), OBJECTS, detector)
+    assert "upload" in str(error.value)
+    assert str(tmp_path) not in str(error.value)  # no server paths in the page
+
+
+@pytest.mark.parametrize(("names", "threshold", "message"), [
+    ("", 0.3, "type at least one object name"),
+    ("red ball,, blue ball", 0.3, "an object name is empty: remove the extra comma"),
+    ("red ball, Red ball", 0.3, "the object name 'Red ball' is given twice"),
+    (", ".join(f"thing {i}" for i in range(MAX_CLASSES + 1)), 0.3, f"at most {MAX_CLASSES} per query"),
+    ("red ball", 1.5, r"the score threshold must be in \[0, 1\], got 1.5"),
+])
+def test_bad_object_names_and_thresholds_are_refused_before_the_image_is_read(detector, names, threshold, message):
+    with pytest.raises(DemoInputError, match=message):
+        detect_objects("does-not-matter.png", names, detector, score_threshold=threshold)
+
+
+def test_the_demo_command_loads_a_detector_and_refuses_one_as_a_video_student(detector, capsys):
+    from vlkd.commands.demo import build_parser, load_detector_model
+
+    folder = detector.source
+    loaded = load_detector_model(build_parser().parse_args(["--detector", str(folder)]))
+    assert loaded.label == "EZAD detector: ezad_synth" and loaded.trained_names == ["red ball", "blue triangle"]
+    assert load_detector_model(build_parser().parse_args([])) is None
+    assert main(["demo", "--checkpoint", str(folder)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err == f"vlkd demo: error: {folder} is an EZAD detector, not a video student: pass it as --detector {folder}"
+
+
+def test_without_a_detector_the_tab_says_how_to_get_one():
+    assert "vlkd demo --detector" in NO_DETECTOR_HELP and "configs/ezad_synth.yaml" in NO_DETECTOR_HELP
+    assert "vlkd export" in NO_DETECTOR_HELP

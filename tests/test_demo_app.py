@@ -8,6 +8,7 @@ Chromium binary: Debian's `chromium` package (`apt-get install chromium`, which
 from __future__ import annotations
 
 import os
+import re
 import shutil
 from pathlib import Path
 
@@ -21,9 +22,10 @@ from tests.conftest import free_port  # noqa: E402
 from vlkd.commands.teacher_options import DEFAULT_TEACHER  # noqa: E402
 from vlkd.data.synthetic import clip_rng, render_clip  # noqa: E402
 from vlkd.data.writer import write_video  # noqa: E402
-from vlkd.demo import load_teacher_scorer  # noqa: E402
-from vlkd.demo.app import API_NAME, build_demo, launch  # noqa: E402
-from vlkd.demo.handler import DEFAULT_MAX_FRAMES  # noqa: E402
+from tests.test_demo import write_random_detector, write_scene  # noqa: E402
+from vlkd.demo import load_detector, load_teacher_scorer  # noqa: E402
+from vlkd.demo.app import API_NAME, DETECT_API_NAME, DETECTION_COLUMNS, build_demo, launch  # noqa: E402
+from vlkd.demo.handler import DEFAULT_MAX_FRAMES, NO_DETECTOR_HELP  # noqa: E402
 
 REPO = Path(__file__).resolve().parent.parent
 SAMPLE = REPO / "data" / "samples" / "three_scenes.mp4"
@@ -31,9 +33,11 @@ SCENES = "orange ball on grass, red star in water, blue star on sand"
 
 
 @pytest.fixture(scope="module")
-def url():
-    """The demo with the shipped teacher, served on a free local port for the module's tests."""
-    demo = build_demo([load_teacher_scorer(*DEFAULT_TEACHER)])
+def url(tmp_path_factory):
+    """The demo with the shipped teacher and an (untrained) EZAD detector, served on a free local port for the
+    module's tests."""
+    detector = load_detector(write_random_detector(tmp_path_factory.mktemp("detector") / "ezad_synth"))
+    demo = build_demo([load_teacher_scorer(*DEFAULT_TEACHER)], detector=detector)
     port = free_port()
     launch(demo, port=port, prevent_thread_lock=True, quiet=True)
     yield f"http://127.0.0.1:{port}/"
@@ -91,6 +95,46 @@ def test_a_long_video_is_scored_with_a_note_in_the_page(client, tmp_path):
     assert f"{DEFAULT_MAX_FRAMES} frames spread over all of it" in status
 
 
+# --------------------------------------------------------------------------- the detection tab
+
+def _detect(client, image: Path, names: str, threshold: float = 0.0):
+    return client.predict(gradio_client.handle_file(str(image)), names, threshold, api_name=f"/{DETECT_API_NAME}")
+
+
+def test_the_served_app_detects_named_objects_with_boxes_and_a_table(client, tmp_path):
+    from PIL import Image
+
+    drawn, table, status = _detect(client, write_scene(tmp_path / "scene.png"), "red ball, blue triangle")
+    with Image.open(drawn) as image:
+        assert image.size == (128 * 6, 96 * 6)
+    assert table["headers"] == DETECTION_COLUMNS and table["data"]
+    assert {row[0] for row in table["data"]} <= {"red ball", "blue triangle"}
+    scores = [row[1] for row in table["data"]]
+    assert scores == sorted(scores, reverse=True) and all(s > 0 for s in scores)
+    assert f"{len(table['data'])} boxes above 0" in status and "128 x 96 px" in status
+    _, high, _ = _detect(client, tmp_path / "scene.png", "red ball, blue triangle", threshold=0.9)
+    assert high["data"] and all(row[1] > 0.9 for row in high["data"])
+
+
+def test_a_bad_image_or_bad_names_come_back_as_a_message(client, tmp_path):
+    notes = tmp_path / "notes.png"
+    notes.write_text("not an image")
+    with pytest.raises(gradio_client.exceptions.AppError, match="cannot read notes.png as an image"):
+        _detect(client, notes, "red ball")
+    with pytest.raises(gradio_client.exceptions.AppError, match="'Red ball' is given twice"):
+        _detect(client, write_scene(tmp_path / "scene.png"), "red ball, Red ball")
+    _, table, _ = _detect(client, tmp_path / "scene.png", "red ball")  # and the app still answers
+    assert table["headers"] == DETECTION_COLUMNS
+
+
+def test_without_a_detector_the_detection_tab_says_how_to_get_one():
+    demo = build_demo([load_teacher_scorer(*DEFAULT_TEACHER)])
+    texts = [getattr(block, "value", None) for block in demo.blocks.values() if isinstance(block, gr.Markdown)]
+    assert NO_DETECTOR_HELP in texts
+    assert DETECT_API_NAME not in {fn.api_name for fn in demo.fns.values()}
+    assert any(isinstance(block, gr.Tab) and block.label == "Detection" for block in demo.blocks.values())
+
+
 # --------------------------------------------------------------------------- a real browser
 
 def _chromium() -> str | None:
@@ -138,3 +182,21 @@ def test_in_a_browser_bad_names_show_an_error_message(page):
     toast = page.get_by_text("an action name is empty: remove the extra comma")
     toast.wait_for()
     assert toast.is_visible()
+
+
+def test_in_a_browser_the_detection_tab_draws_boxes_and_lists_them(page, tmp_path):
+    page.get_by_role("tab", name="Detection").click()
+    page.locator("#detect-image input[type=file]").set_input_files(str(write_scene(tmp_path / "scene.png")))
+    page.locator("#objects textarea").fill("red ball, blue triangle")
+    page.locator("#detect").click()
+    status = page.locator("#detect-status")
+    status.get_by_text("answered in").wait_for()
+    assert "128 x 96 px" in status.inner_text()
+    page.locator("#detections img").wait_for()
+    found = int(status.inner_text().split("·")[1].split()[0])  # "N boxes above 0.3"
+    assert found > 0
+    # The table lists them (a header row and one row per box) by the typed names.
+    grid = page.locator("#detection-table [role=grid]")
+    assert grid.get_attribute("aria-rowcount") == str(found + 1)
+    assert re.search(r"red ball|blue triangle", grid.inner_text())
+    page.get_by_role("tab", name="Actions").click()

@@ -11,6 +11,10 @@ action names with the model's prompt ensemble, and returns
 * per frame and name the cosine similarity and the softmax over names, so a
   plot over time shows *when* an action is on screen.
 
+:func:`detect_objects` is the detection tab's: an image file and free-text object names ->
+the boxes a trained EZAD detector finds (:mod:`vlkd.commands.detect`, the names embedded by
+the run's teacher), drawn on the image and listed as rows.
+
 Bad input raises :class:`DemoInputError` with a message meant for the page.
 """
 
@@ -41,6 +45,22 @@ DEFAULT_MAX_FRAMES = 64
 # Frames are decoded and shrunk this many at a time, so a long high-resolution
 # video never sits in memory at full size.
 _DECODE_CHUNK = 4
+
+
+#: Detection: the page's score threshold starts here...
+DEFAULT_SCORE_THRESHOLD = 0.3
+#: ...and at most this many boxes are kept per image.
+MAX_DETECTIONS = 100
+#: What the detection tab says when ``vlkd demo`` was started without ``--detector``.
+NO_DETECTOR_HELP = """**No detector is loaded.** This tab finds objects named in free text with a trained EZAD detector.
+Train one on the offline SynthDetection world and start the demo with it:
+
+```bash
+vlkd fit --config configs/ezad_synth.yaml
+vlkd demo --detector runs/ezad_synth/lightning_logs/version_0/checkpoints/last.ckpt
+```
+
+`--detector` also takes a folder written by `vlkd export` from such a checkpoint."""
 
 
 class DemoInputError(VlkdError, ValueError):
@@ -176,24 +196,28 @@ class ExportedStudentScorer(Scorer):
         return self.student.class_embeddings(list(names), self.templates, self.descriptions)
 
 
-def parse_names(text: str | None, max_classes: int = MAX_CLASSES) -> list[str]:
-    """Comma-separated action names -> a list, whitespace tidied; rejects empty, duplicate or too many names."""
+def parse_names(text: str | None, max_classes: int | None = MAX_CLASSES, what: str = "action") -> list[str]:
+    """Comma-separated names -> a list, whitespace tidied; rejects empty, duplicate or too many names.
+
+    ``what`` names them in the messages (``action``, ``object``); ``max_classes`` ``None``: no limit.
+    """
     if text is None or not text.strip():
-        raise DemoInputError("type at least one action name (several are separated by commas)")
+        raise DemoInputError(f"type at least one {what} name (several are separated by commas)")
     names = [re.sub(r"\s+", " ", part).strip() for part in text.split(",")]
     if any(not name for name in names):
-        raise DemoInputError("an action name is empty: remove the extra comma")
+        raise DemoInputError(f"an {what} name is empty: remove the extra comma" if what[0] in "aeiou"
+                             else f"a {what} name is empty: remove the extra comma")
     seen: dict[str, str] = {}
     for name in names:
         key = name.casefold()
         if key in seen:
-            raise DemoInputError(f"the action name {name!r} is given twice: each name may appear once")
+            raise DemoInputError(f"the {what} name {name!r} is given twice: each name may appear once")
         seen[key] = name
-    if len(names) > max_classes:
-        raise DemoInputError(f"{len(names)} action names given: at most {max_classes} per query")
+    if max_classes is not None and len(names) > max_classes:
+        raise DemoInputError(f"{len(names)} {what} names given: at most {max_classes} per query")
     too_long = [name for name in names if len(name) > MAX_NAME_LENGTH]
     if too_long:
-        raise DemoInputError(f"the action name {too_long[0][:40]!r}... is longer than {MAX_NAME_LENGTH} characters")
+        raise DemoInputError(f"the {what} name {too_long[0][:40]!r}... is longer than {MAX_NAME_LENGTH} characters")
     return names
 
 
@@ -300,3 +324,112 @@ def load_student_scorer(checkpoint: str | Path, device: str | torch.device = "cp
 
     method = load_video_method(checkpoint, device)
     return StudentScorer(method, f"{type(method).__name__} student: {Path(checkpoint).name}")
+
+
+# --------------------------------------------------------------------------- detection
+
+@dataclass
+class Detections:
+    """The answer to one detection query.
+
+    Attributes:
+        names: the object names, in the order they were typed (``K``).
+        objects: the detections, best first: ``{"object": name, "score": probability, "box": [x0, y0, x1, y1]}``
+            with the box in the image's pixels.
+        image: the image (``PIL.Image``) with the boxes and their labels drawn.
+        width, height: the image's size in pixels.
+        score_threshold: boxes scoring at most this were left out.
+        model: the detector that answered.
+        seconds: time spent on the request (decoding, the text tower and the detector).
+    """
+
+    names: list[str]
+    objects: list[dict]
+    image: object
+    width: int
+    height: int
+    score_threshold: float
+    model: str
+    seconds: float
+
+    def rows(self) -> list[dict]:
+        """One row per detection: object, score and the COCO box ``x, y, width, height`` (pixels, rounded)."""
+        rows = []
+        for item in self.objects:
+            x0, y0, x1, y1 = item["box"]
+            rows.append({"object": item["object"], "score": round(item["score"], 3), "x": round(x0, 1),
+                         "y": round(y0, 1), "width": round(x1 - x0, 1), "height": round(y1 - y0, 1)})
+        return rows
+
+    def counts(self) -> dict[str, int]:
+        """Detections per name, in the order of ``names`` (names without a detection included, as 0)."""
+        counts = dict.fromkeys(self.names, 0)
+        for item in self.objects:
+            counts[item["object"]] += 1
+        return counts
+
+
+def read_image_file(path: str | Path | None):
+    """The image at ``path`` as an RGB ``PIL.Image``; :class:`DemoInputError` naming the file if it cannot be read."""
+    from vlkd.commands.detect import load_image
+    from vlkd.errors import ImageReadError
+
+    if path is None or not str(path).strip():
+        raise DemoInputError("upload an image")
+    path = Path(path)
+    try:
+        return load_image(path)
+    except ImageReadError as error:
+        reason = error.reason.replace(str(path), path.name)  # the server's upload folder means nothing to the user
+        raise DemoInputError(f"cannot read {path.name} as an image ({reason}); upload a PNG, JPEG or WebP file"
+                             ) from None
+
+
+@torch.no_grad()
+def detect_objects(
+    path: str | Path | None,
+    names: str | Sequence[str],
+    detector,
+    score_threshold: float = DEFAULT_SCORE_THRESHOLD,
+    max_detections: int = MAX_DETECTIONS,
+    max_classes: int = MAX_CLASSES,
+) -> Detections:
+    """Find the objects ``names`` (a comma-separated string or a list) on the image at ``path`` with ``detector``
+    (an :class:`~vlkd.commands.detect.OpenVocabularyDetector`, see :func:`load_detector`).
+
+    Raises:
+        DemoInputError: no or unreadable image, empty, duplicate or too many names, a threshold outside [0, 1].
+    """
+    from vlkd.commands.detect import draw_detections, image_tensor
+
+    started = time.perf_counter()
+    names = parse_names(names if isinstance(names, str) else ",".join(names), max_classes, what="object")
+    try:
+        score_threshold = float(score_threshold)
+    except (TypeError, ValueError):
+        raise DemoInputError(f"the score threshold must be a number in [0, 1], got {score_threshold!r}") from None
+    if not 0.0 <= score_threshold <= 1.0:
+        raise DemoInputError(f"the score threshold must be in [0, 1], got {score_threshold:g}")
+    image = read_image_file(path)
+    (output,) = detector.detect([image_tensor(image)], detector.embed(names), score_threshold, max_detections)
+    boxes, scores, labels = output["boxes"].tolist(), output["scores"].tolist(), output["labels"].tolist()
+    objects = [{"object": names[label], "score": float(score), "box": [float(v) for v in box]}
+               for box, score, label in zip(boxes, scores, labels)]
+    return Detections(
+        names=names,
+        objects=objects,
+        image=draw_detections(image, boxes, labels, scores, names),
+        width=image.width,
+        height=image.height,
+        score_threshold=score_threshold,
+        model=detector.label,
+        seconds=time.perf_counter() - started,
+    )
+
+
+def load_detector(checkpoint: str | Path, device: str | torch.device = "cpu"):
+    """A trained EZAD detector with its teacher, from a ``vlkd fit`` checkpoint or a folder ``vlkd export`` wrote
+    (:func:`vlkd.commands.detect.load_detector`)."""
+    from vlkd.commands.detect import load_detector as load
+
+    return load(checkpoint, device)
