@@ -31,6 +31,7 @@ RESULTS = Path(__file__).parent / "results"
 TEACHER = ("vlkd-synth-vit", "synthactions")
 
 _OFFLINE_SCHEDULE = {"lr": 1e-3, "batch_size": 16, "epochs": 8}
+_BCE_BIAS = {**_OFFLINE_SCHEDULE, "loss": "bce", "bias_init": -10.0}
 
 #: name -> (what it is, settings beside the defaults of renormalize_teacher, which are EZAD's COCO recipe, seeds).
 RECIPES: dict[str, tuple[str, dict, tuple[int, ...]]] = {
@@ -40,14 +41,13 @@ RECIPES: dict[str, tuple[str, dict, tuple[int, ...]]] = {
     "ce_lr1e-4": ("softmax CE over the base names at EZAD's schedule", {"loss": "ce"}, (0,)),
     "bce": ("sigmoid BCE without bias, lr 1e-3, batch 16, 8 epochs", dict(_OFFLINE_SCHEDULE), (0,)),
     "bce_bias": ("sigmoid BCE with a learnable bias from -10 (threshold at cosine 0.5), lr 1e-3, batch 16, "
-                 "8 epochs: OFFLINE_RECIPE", dict(OFFLINE_RECIPE), (0, 1, 2)),
-    "bce_bias_image": ("as bce_bias, the image tower only", {**OFFLINE_RECIPE, "towers": ("image",)}, (0,)),
-    "bce_bias-7": ("as bce_bias, the bias from -7 (cosine 0.35)", {**OFFLINE_RECIPE, "bias_init": -7.0}, (0,)),
-    "bce_bias-14": ("as bce_bias, the bias from -14 (cosine 0.71)", {**OFFLINE_RECIPE, "bias_init": -14.0},
-                    (0, 1, 2)),
-    "ce": ("softmax CE over the base names, lr 1e-3, batch 16, 8 epochs", {**_OFFLINE_SCHEDULE, "loss": "ce"},
+                 "8 epochs", dict(_BCE_BIAS), (0, 1, 2)),
+    "bce_bias_image": ("as bce_bias, the image tower only", {**_BCE_BIAS, "towers": ("image",)}, (0,)),
+    "bce_bias-7": ("as bce_bias, the bias from -7 (cosine 0.35)", {**_BCE_BIAS, "bias_init": -7.0}, (0,)),
+    "bce_bias-14": ("as bce_bias, the bias from -14 (cosine 0.71)", {**_BCE_BIAS, "bias_init": -14.0}, (0,)),
+    "ce": ("softmax CE over the base names, lr 1e-3, batch 16, 8 epochs: OFFLINE_RECIPE", dict(OFFLINE_RECIPE),
            (0, 1, 2)),
-    "ce_image": ("as ce, the image tower only", {**_OFFLINE_SCHEDULE, "loss": "ce", "towers": ("image",)}, (0,)),
+    "ce_image": ("as ce, the image tower only", {**OFFLINE_RECIPE, "towers": ("image",)}, (0,)),
 }
 
 

@@ -9,8 +9,8 @@ the novel objects are the world's annotations/novel_in_train.json, which no meth
 recall of the novel objects at IoU 0.5 by all kept proposals and by the first 20 (what a training step
 distils), the share of the kept proposals that touch a novel object (IoU > 0.1), and their mean confidence.
 The re-normalised teachers are built (and kept under benchmarks/runs/ezad_proposals/) with the recipes of
-benchmarks/ezad_crops.py: OFFLINE_RECIPE (sigmoid BCE with a bias from -10) and softmax CE at the same
-schedule. Writes benchmarks/results/ezad_proposals.{json,md}.
+benchmarks/ezad_crops.py: OFFLINE_RECIPE (softmax CE over the base names) and sigmoid BCE with a bias
+from -10 at the same schedule. Writes benchmarks/results/ezad_proposals.{json,md}.
 """
 
 from __future__ import annotations
@@ -44,8 +44,9 @@ def teachers() -> dict:
                   eval_names=split["base"] + split["novel"])
     out = {"frozen teacher": create_teacher("vlkd-synth-vit", pretrained="synthactions")}
     for name, folder, recipe in (
-            ("re-normalised, BCE + bias from -10 (OFFLINE_RECIPE)", RUNS / "bce_bias", OFFLINE_RECIPE),
-            ("re-normalised, softmax CE", RUNS / "ce", {**OFFLINE_RECIPE, "loss": "ce", "bias_init": None})):
+            ("re-normalised, softmax CE (OFFLINE_RECIPE)", RUNS / "ce", OFFLINE_RECIPE),
+            ("re-normalised, BCE + bias from -10", RUNS / "bce_bias", {**OFFLINE_RECIPE, "loss": "bce",
+                                                                        "bias_init": -10.0})):
         result = renormalize_teacher("vlkd-synth-vit", "synthactions", WORLD / "annotations" / "instances_train.json",
                                      WORLD / "images" / "train", split["base"], folder, **{**recipe, **common})
         out[name] = (result.load(), result.after)
