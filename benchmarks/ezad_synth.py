@@ -109,6 +109,7 @@ def cost(steps: int, repeats: int) -> dict:
 
     from vlkd.cli import build_from_config
     from vlkd.eval.cost import time_round_robin
+    from vlkd.teacher.proposals import embed_boxes
 
     override = RUNS / "cost_override.yaml"
     override.parent.mkdir(parents=True, exist_ok=True)
@@ -138,8 +139,7 @@ def cost(steps: int, repeats: int) -> dict:
         if live:  # the same boxes, embedded by the teacher now (what a run without the cache pays)
             distill = []
             for image, regions in zip(batch["images"], batch["distill"]):
-                rows = torch.cat([torch.zeros(len(regions["boxes"]), 1), regions["boxes"]], 1)
-                distill.append({**regions, "embeddings": teacher.encode_regions([image], rows, crop)})
+                distill.append({**regions, "embeddings": embed_boxes(teacher, image, regions["boxes"], crop)})
         method.detector.set_class_embeddings(method.train_text)
         losses = method.detector(batch["images"], [{"boxes": t["boxes"], "labels": t["labels"]}
                                                    for t in batch["targets"]], distill=distill)

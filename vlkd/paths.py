@@ -7,6 +7,7 @@ top-level ``data/`` folder; a wheel install places the same tree under
 
 from __future__ import annotations
 
+import hashlib
 import sys
 from pathlib import Path
 
@@ -34,3 +35,12 @@ def asset_path(*parts: str) -> Path:
     if not path.exists():
         raise MissingFileError(path, "shipped data file")
     return path
+
+
+def file_sha256(path: str | Path) -> str:
+    """SHA-256 of a file's bytes, read in 1 MiB blocks (the data identity manifests and caches record)."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()

@@ -28,6 +28,7 @@ from vlkd.data.sampling import FrameSampler
 from vlkd.data.splits import base2novel_files, load_base2novel, load_zero_shot
 from vlkd.data.transforms import check_scale_jitter
 from vlkd.errors import ConfigError, MissingFileError
+from vlkd.paths import file_sha256
 
 
 @dataclass
@@ -263,7 +264,8 @@ class VideoDataModule(pl.LightningDataModule):
             "flip": dataset.flip,
             "scale_jitter": list(dataset.scale_jitter) if dataset.scale_jitter else None,
             "sources": {"train_list": str(self.train_list_file) if self.train_list_file else None,
-                        "train_list_sha256": _file_sha256(self.train_list_file), "root": str(dataset.root)},
+                        "train_list_sha256": (file_sha256(self.train_list_file)
+                                              if self.train_list_file and self.train_list_file.is_file() else None), "root": str(dataset.root)},
         }
 
     def _add_eval(self, name: str, class_names, root: Path, samples, group: str, dataset: str | None = None) -> None:
@@ -303,12 +305,6 @@ class VideoDataModule(pl.LightningDataModule):
 
     def test_dataloader(self) -> list[DataLoader]:
         return self.val_dataloader()
-
-
-def _file_sha256(path: Path | None) -> str | None:
-    if path is None or not path.is_file():
-        return None
-    return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
 class SynthActionsDataModule(VideoDataModule):

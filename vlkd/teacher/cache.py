@@ -36,7 +36,6 @@ uninterrupted build. ``vlkd cache --verify DIR`` re-hashes every shard.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import math
 import os
@@ -54,6 +53,7 @@ from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
 
 from vlkd.errors import ConfigError, MediaReadError
+from vlkd.paths import file_sha256
 
 FORMAT = 1
 MANIFEST = "manifest.json"
@@ -63,14 +63,6 @@ DTYPES = {"float16": torch.float16, "float32": torch.float32, "bfloat16": torch.
 
 def shard_name(shard: int) -> str:
     return f"shard-{shard:05d}"
-
-
-def file_sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def write_json_atomic(path: Path, value) -> None:

@@ -42,8 +42,9 @@ from tqdm import tqdm
 
 from vlkd.data.detection import flip_boxes
 from vlkd.errors import ConfigError, MediaReadError
-from vlkd.teacher.cache import DTYPES, INDEX, MANIFEST, file_sha256, first_difference, shard_name, write_json_atomic
-from vlkd.teacher.proposals import ProposalSettings, generate_proposals
+from vlkd.paths import file_sha256
+from vlkd.teacher.cache import DTYPES, INDEX, MANIFEST, first_difference, shard_name, write_json_atomic
+from vlkd.teacher.proposals import ProposalSettings, embed_boxes, generate_proposals
 
 __all__ = ["DetectionCache", "RegionTargets", "build_detection_cache", "detection_cache_manifest"]
 
@@ -187,12 +188,7 @@ def _write_shard(teacher, dataset, folder: Path, shard: int, shard_size: int, te
 
 
 def _regions(teacher, image: torch.Tensor, boxes: torch.Tensor, settings: ProposalSettings) -> torch.Tensor:
-    if len(boxes) == 0:
-        return torch.zeros(0, teacher.embed_dim)
-    rows = torch.cat([torch.zeros(len(boxes), 1), boxes.float().cpu()], dim=1)
-    image = image.to(teacher.pixel_mean.device)
-    return torch.cat([teacher.encode_regions([image], chunk, settings.embed_crop).float().cpu()
-                      for chunk in rows.split(settings.batch_size)])
+    return embed_boxes(teacher, image, boxes, settings.embed_crop, settings.batch_size)
 
 
 @dataclass

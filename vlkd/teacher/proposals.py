@@ -43,7 +43,8 @@ from torchvision.ops import box_iou, nms
 from vlkd.errors import ConfigError
 from vlkd.teacher.regions import RegionCrop
 
-__all__ = ["ProposalSettings", "Proposals", "dense_anchors", "entropy_score", "generate_proposals", "resized_size"]
+__all__ = ["ProposalSettings", "Proposals", "dense_anchors", "embed_boxes", "entropy_score", "generate_proposals",
+           "resized_size"]
 
 
 def _crop_rule(value) -> RegionCrop:
@@ -190,7 +191,7 @@ def generate_proposals(teacher, image: torch.Tensor, text_embeddings: torch.Tens
     anchors = anchors[((anchors[:, 2] - anchors[:, 0]) >= 1) & ((anchors[:, 3] - anchors[:, 1]) >= 1)]
     # Scoring, NMS and filtering run where the teacher's embeddings are (a GPU at real scale); results come back
     # to the CPU.
-    embeddings = _embed(teacher, image, anchors, settings.score_crop, settings.batch_size).float().cpu()
+    embeddings = embed_boxes(teacher, image, anchors, settings.score_crop, settings.batch_size)
     probabilities = (teacher.logit_scale * embeddings @ text_embeddings.float().cpu().T).softmax(dim=-1)
     scores = entropy_score(probabilities)
     confidence, labels = probabilities.max(dim=-1)
@@ -205,13 +206,15 @@ def generate_proposals(teacher, image: torch.Tensor, text_embeddings: torch.Tens
     if settings.reuses_scoring_embeddings:
         kept_embeddings = embeddings[order]
     else:
-        kept_embeddings = _embed(teacher, image, boxes, settings.embed_crop, settings.batch_size).float().cpu()
+        kept_embeddings = embed_boxes(teacher, image, boxes, settings.embed_crop, settings.batch_size)
     return Proposals(boxes, scores[order], confidence[order], labels[order], kept_embeddings, len(anchors))
 
 
-def _embed(teacher, image: torch.Tensor, boxes: torch.Tensor, crop: RegionCrop, batch_size: int) -> torch.Tensor:
+def embed_boxes(teacher, image: torch.Tensor, boxes: torch.Tensor, crop: RegionCrop, batch_size: int = 256) -> torch.Tensor:
+    """The teacher's embeddings (float32, on the CPU) of ``boxes`` ``(K, 4)`` (xyxy pixels) of one ``(3, H, W)`` image,
+    cut by ``crop``, ``batch_size`` crops at a time."""
     if len(boxes) == 0:
         return torch.zeros(0, teacher.embed_dim)
     rows = torch.cat([torch.zeros(len(boxes), 1), boxes.float().cpu()], dim=1)
     image = image.to(teacher.pixel_mean.device)  # cropped and embedded on the teacher's device
-    return torch.cat([teacher.encode_regions([image], chunk, crop).float() for chunk in rows.split(batch_size)])
+    return torch.cat([teacher.encode_regions([image], chunk, crop).float().cpu() for chunk in rows.split(batch_size)])
