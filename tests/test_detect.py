@@ -13,15 +13,10 @@ import yaml
 from PIL import Image
 
 from vlkd.cli import main
-from vlkd.commands.detect import (
-    DRAW_MIN_SIDE,
-    OUTPUT_FILE,
-    draw_detections,
-    load_detector,
-    run_teacher_record,
-)
+from vlkd.commands.detect import OUTPUT_FILE
 from vlkd.data.synthetic.detection import generate_detection
 from vlkd.errors import ConfigError, MissingFileError
+from vlkd.methods.ezad_inference import DRAW_MIN_SIDE, draw_detections, load_detector, run_teacher_record
 
 from .conftest import TINY, save_checkpoint
 
@@ -158,7 +153,7 @@ def test_an_unreadable_image_among_several_is_skipped_and_reported(run, tmp_path
 
 
 def test_a_folder_of_images_is_read_in_order(tmp_path):
-    from vlkd.commands.detect import collect_images
+    from vlkd.methods.ezad_inference import collect_images
 
     for name in ("b.png", "a.JPG", "notes.txt"):
         (tmp_path / name).write_bytes(b"")

@@ -68,7 +68,7 @@ def load_models(args: argparse.Namespace) -> list:
 
 def _refuse_detector(checkpoint: str) -> None:
     """``--checkpoint`` is for video students: point an EZAD detector at ``--detector`` instead."""
-    from vlkd.commands.detect import is_exported_detector, is_ezad_checkpoint
+    from vlkd.methods.ezad_inference import is_exported_detector, is_ezad_checkpoint
 
     if is_ezad_checkpoint(checkpoint) or is_exported_detector(checkpoint):
         raise ConfigError(f"{checkpoint} is an EZAD detector, not a video student: pass it as --detector {checkpoint}")

@@ -150,7 +150,7 @@ def export_ezad_detector(checkpoint: str | Path, out: str | Path, overwrite: boo
     """
     import shutil
 
-    from vlkd.commands.detect import (
+    from vlkd.methods.ezad_inference import (
         build_teacher,
         load_ezad_method,
         run_teacher_record,
@@ -232,7 +232,7 @@ def export_authors_checkpoint(checkpoint: str | Path, out: str | Path, arch: str
 def main(argv: Sequence[str]) -> int:
     args = build_parser().parse_args(list(argv))
     folder = export_student(args.checkpoint, args.out, args.overwrite, args.arch, args.include_teacher)
-    from vlkd.commands.detect import is_exported_detector
+    from vlkd.methods.ezad_inference import is_exported_detector
     from vlkd.models.dual_head import CONFIG_KEY
 
     if is_exported_detector(folder):

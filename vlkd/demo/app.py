@@ -79,7 +79,7 @@ def build_demo(
         fps: frames scored per second of video.
         max_frames: most frames scored per video (long videos are sampled sparser).
         max_classes: most action (and object) names per query.
-        detector: the detection tab's :class:`~vlkd.commands.detect.OpenVocabularyDetector`
+        detector: the detection tab's :class:`~vlkd.methods.ezad_inference.OpenVocabularyDetector`
             (:func:`vlkd.demo.handler.load_detector`); ``None``: the tab says how to get one.
     """
     if not scorers:

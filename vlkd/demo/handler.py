@@ -12,7 +12,7 @@ action names with the model's prompt ensemble, and returns
   plot over time shows *when* an action is on screen.
 
 :func:`detect_objects` is the detection tab's: an image file and free-text object names ->
-the boxes a trained EZAD detector finds (:mod:`vlkd.commands.detect`, the names embedded by
+the boxes a trained EZAD detector finds (:mod:`vlkd.methods.ezad_inference`, the names embedded by
 the run's teacher), drawn on the image and listed as rows.
 
 Bad input raises :class:`DemoInputError` with a message meant for the page.
@@ -371,7 +371,7 @@ class Detections:
 
 def read_image_file(path: str | Path | None):
     """The image at ``path`` as an RGB ``PIL.Image``; :class:`DemoInputError` naming the file if it cannot be read."""
-    from vlkd.commands.detect import load_image
+    from vlkd.methods.ezad_inference import load_image
     from vlkd.errors import ImageReadError
 
     if path is None or not str(path).strip():
@@ -395,12 +395,12 @@ def detect_objects(
     max_classes: int = MAX_CLASSES,
 ) -> Detections:
     """Find the objects ``names`` (a comma-separated string or a list) on the image at ``path`` with ``detector``
-    (an :class:`~vlkd.commands.detect.OpenVocabularyDetector`, see :func:`load_detector`).
+    (an :class:`~vlkd.methods.ezad_inference.OpenVocabularyDetector`, see :func:`load_detector`).
 
     Raises:
         DemoInputError: no or unreadable image, empty, duplicate or too many names, a threshold outside [0, 1].
     """
-    from vlkd.commands.detect import draw_detections, image_tensor
+    from vlkd.methods.ezad_inference import draw_detections, image_tensor
 
     started = time.perf_counter()
     names = parse_names(names if isinstance(names, str) else ",".join(names), max_classes, what="object")
@@ -429,7 +429,7 @@ def detect_objects(
 
 def load_detector(checkpoint: str | Path, device: str | torch.device = "cpu"):
     """A trained EZAD detector with its teacher, from a ``vlkd fit`` checkpoint or a folder ``vlkd export`` wrote
-    (:func:`vlkd.commands.detect.load_detector`)."""
-    from vlkd.commands.detect import load_detector as load
+    (:func:`vlkd.methods.ezad_inference.load_detector`)."""
+    from vlkd.methods.ezad_inference import load_detector as load
 
     return load(checkpoint, device)
