@@ -309,7 +309,7 @@ class ImageDataset(SkippingDataset):
         A training view (random resized crop, then a flip), or with ``evaluation`` the
         deterministic evaluation view (shorter side resized, centre crop).
         """
-        pixels = read_image(self.path_of(index)).float().div_(255.0)
+        pixels = self.read_pixels(index)
         height, width = pixels.shape[-2:]
         if evaluation:
             crop = eval_crop(height, width, self.image_size)
@@ -318,6 +318,10 @@ class ImageDataset(SkippingDataset):
             if self.flip and rng.random() < 0.5:
                 crop = replace(crop, flip=True)
         return apply_crop(pixels, crop), ImageView(crop)
+
+    def read_pixels(self, index: int) -> torch.Tensor:
+        """Image ``index`` as (3, H, W) floats in [0, 1] (a subclass may read them from elsewhere than files)."""
+        return read_image(self.path_of(index)).float().div_(255.0)
 
     def placeholder_view(self) -> tuple[torch.Tensor, ImageView]:
         """A zero image and view: what a cache build records for an image it cannot read."""
@@ -337,7 +341,7 @@ class ImageDataset(SkippingDataset):
         # Pass p takes stored view p mod K (see vlkd.data.datasets.EpochSampler).
         view = pass_number % cache.views if pass_number is not None else rng.randrange(cache.views)
         crop = ImageView.from_tensors(cache.view(row, view)).crop
-        pixels = apply_crop(read_image(self.path_of(index)).float().div_(255.0), crop)
+        pixels = apply_crop(self.read_pixels(index), crop)
         return {"image": pixels, "label": label, "teacher": cache.targets(row, view)}
 
 
