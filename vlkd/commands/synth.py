@@ -1,5 +1,5 @@
-"""``vlkd synth``: build the offline worlds (SynthActions videos, SynthImages stills, SynthDetection scenes) and their
-tiny CLIP teacher."""
+"""``vlkd synth``: build the offline worlds (SynthActions videos, SynthImages stills, SynthDetection scenes, the
+SynthTasks sequence) and their tiny CLIP teacher."""
 
 from __future__ import annotations
 
@@ -46,6 +46,15 @@ def build_parser() -> argparse.ArgumentParser:
     detection.add_argument("--min-objects", type=int, default=2, help="fewest category objects drawn per image (default 2)")
     detection.add_argument("--max-objects", type=int, default=5, help="most category objects per image (default 5)")
     detection.add_argument("--force", action="store_true", help="render again even if the folder is up to date")
+
+    tasks = sub.add_parser("tasks", help="render the SynthTasks sequence (one CoOp dataset per task, tasks.json)")
+    tasks.add_argument("--out", required=True, help="output folder (one sub-folder per task and tasks.json)")
+    tasks.add_argument("--seed", type=int, default=0, help="world seed (default 0)")
+    tasks.add_argument("--size", type=int, default=64, help="image side in pixels (default 64)")
+    tasks.add_argument("--train-per-class", type=int, default=64, help="training images per class (default 64)")
+    tasks.add_argument("--val-per-class", type=int, default=10, help="validation images per class (default 10)")
+    tasks.add_argument("--test-per-class", type=int, default=30, help="test images per class (default 30)")
+    tasks.add_argument("--force", action="store_true", help="render again even if the folder is up to date")
 
     teacher = sub.add_parser("teacher", help="pretrain the tiny CLIP teacher on captioned still frames")
     teacher.add_argument("--out", required=True, help="output folder for the open_clip config and weights")
@@ -95,6 +104,16 @@ def main(argv: Sequence[str]) -> int:
               f"{counts.get('train_annotations')} base boxes (+{counts.get('train_novel_objects')} novel objects "
               f"unannotated); val {counts.get('val_images')} images, {counts.get('val_annotations')} boxes; "
               f"{len(world.base_names)} base / {len(world.novel_names)} novel categories; {state}")
+        return 0
+    if args.what == "tasks":
+        from vlkd.data.synthetic.tasks import MANIFEST_NAME, generate_tasks
+
+        world = generate_tasks(args.out, seed=args.seed, size=args.size, train_per_class=args.train_per_class,
+                               val_per_class=args.val_per_class, test_per_class=args.test_per_class, force=args.force)
+        classes = sum(len(names) for names in world.class_names.values())
+        state = f"rendered {world.rendered} images in {world.seconds:.0f} s" if world.rendered else "already up to date"
+        print(f"SynthTasks in {world.root}: {len(world.tasks)} tasks, {classes} classes, {world.total()}, {state}; "
+              f"manifest {MANIFEST_NAME} with orders {', '.join(world.orders)}")
         return 0
     from vlkd.teacher.pretrain import pretrain_teacher
 

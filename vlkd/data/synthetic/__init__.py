@@ -14,7 +14,10 @@ this package builds a small world with the structure of the real problem:
   clips with the label, base-to-novel and zero-shot files of the real
   protocol, which :func:`vlkd.data.splits.load_base2novel` reads unchanged;
 * :mod:`~vlkd.data.synthetic.clips`: unlabelled clips of random compositions,
-  rendered on the fly, the "web video" for label-free distillation.
+  rendered on the fly, the "web video" for label-free distillation;
+* :mod:`~vlkd.data.synthetic.tasks`: :func:`generate_tasks` writes SynthTasks,
+  a sequence of still-image datasets in CoOp's layout (each with its own class
+  names, style and templates, and two task orders) for continual learning (MTIL).
 
 Typical use::
 
@@ -33,6 +36,15 @@ from vlkd.data.synthetic.actions import (
     read_world_classes,
 )
 from vlkd.data.synthetic.render import render_clip, render_still
+from vlkd.data.synthetic.tasks import (
+    TASK_ORDERS,
+    TASKS,
+    GeneratedTasks,
+    SynthTask,
+    generate_tasks,
+    read_tasks,
+    render_task_image,
+)
 from vlkd.data.synthetic.world import (
     STYLES,
     ActionClass,
@@ -48,20 +60,27 @@ from vlkd.data.synthetic.world import (
 __all__ = [
     "MANIFEST_NAME",
     "STYLES",
+    "TASKS",
+    "TASK_ORDERS",
     "ActionClass",
     "Concepts",
     "GeneratedActions",
+    "GeneratedTasks",
     "clip_rng",
     "Style",
+    "SynthTask",
     "World",
     "build_world",
     "default_dataset_name",
     "generate_actions",
+    "generate_tasks",
     "parse_class_name",
     "random_concepts",
     "read_manifest",
+    "read_tasks",
     "read_world_classes",
     "render_clip",
     "render_still",
+    "render_task_image",
     "vocabulary",
 ]
