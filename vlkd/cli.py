@@ -31,7 +31,7 @@ LIGHTNING_COMMANDS = {
 
 #: Extra subcommands: name -> (module with a ``main(argv) -> int``, one-line help).
 EXTRA_COMMANDS: dict[str, tuple[str, str]] = {
-    "synth": ("vlkd.commands.synth", "build the offline world: SynthActions videos (actions) or the tiny teacher (teacher)"),
+    "synth": ("vlkd.commands.synth", "build the offline worlds (actions, images, detection, tasks) or the tiny teacher (teacher)"),
     "zeroshot": ("vlkd.commands.zeroshot", "evaluate a frozen teacher zero-shot on a video split: base / novel / HM"),
     "encode": ("vlkd.commands.encode", "dense per-frame features of long videos with ResidualViT (or the full ViT)"),
     "demo": ("vlkd.commands.demo", "a local web page for zero-shot action queries on a video (needs vlkd[demo])"),
