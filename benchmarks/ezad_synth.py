@@ -3,6 +3,7 @@ its ablations, the teacher's crop accuracy before and after re-normalisation, an
 
     python benchmarks/ezad_synth.py                                     # every variant, seeds 1-3 (hours on 2 cores)
     python benchmarks/ezad_synth.py --variants ezad vild base_only --seeds 1
+    python benchmarks/ezad_synth.py --ablation-seeds 1                  # the ablations on seed 1 only
     python benchmarks/ezad_synth.py --cost-only
 
 Every run is `python -m vlkd fit --config configs/ezad_synth.yaml` with `seed_everything` s and the variant,
@@ -12,8 +13,9 @@ cache are built once (in benchmarks/runs/ezad_synth/work) and shared by every ru
 COCO's (pycocotools) on the world's validation split, in one vocabulary of all 12 names.
 
 Cost (`--cost-only` runs just this): proposal generation per image (the cache build's own timing, per shard),
-and detector training steps/s with the region embeddings read from the cache against computed in the step
-by the teacher (the same boxes), in turns on the same batches.
+and detector training steps/s in turns on the same batches: with the region embeddings read from the cache
+(`cached`), computed in the step by the teacher for the same boxes (`live`), and with the image's CLIP
+proposals also generated in the step (`live_proposals`: what a run without the stage-2 cache pays).
 
 Writes benchmarks/results/ezad_synth.{json,md} and ezad_synth_cost.{json,md}. Finished runs are kept under
 benchmarks/runs/ezad_synth/ (delete it to redo them).
@@ -46,6 +48,7 @@ VARIANTS = ("ezad", "vild", "base_only", "no_renorm", "no_proposals", "no_semant
 LABELS = {"ezad": "EZAD", "vild": "ViLD-style (raw CLIP on RPN proposals)", "base_only": "base only (text classifier)",
           "no_renorm": "EZAD without re-normalisation", "no_proposals": "EZAD without CLIP proposals",
           "no_semantic_regression": "EZAD without semantic regression"}
+ABLATIONS = ("no_renorm", "no_proposals", "no_semantic_regression")
 METRICS = ("novel_ap50", "base_ap50", "all_ap50", "novel_ap", "base_ap", "all_ap", "novel_ap50_1000det")
 
 
@@ -82,8 +85,10 @@ def accuracy_rows(runs: dict, seeds: list[int]) -> list[dict]:
     rows = []
     reference = runs.get("ezad")
     for variant, summaries in runs.items():
-        row = {"method": LABELS[variant]}
-        row.update(summarize_seeds([{k: s[k] for k in METRICS if s.get(k) is not None} for s in summaries]))
+        row = {"method": LABELS[variant], "seeds": len(summaries)}
+        values = [{k: s[k] for k in METRICS if s.get(k) is not None} for s in summaries]
+        # one seed has no spread to show: its values, not "± 0.00"
+        row.update(summarize_seeds(values) if len(values) > 1 else values[0])
         row["minutes"] = statistics.mean(s["minutes"] for s in summaries)
         if reference and variant != "ezad":
             row["ezad_minus_this_novel_ap50"] = ", ".join(
@@ -109,7 +114,7 @@ def cost(steps: int, repeats: int) -> dict:
 
     from vlkd.cli import build_from_config
     from vlkd.eval.cost import time_round_robin
-    from vlkd.teacher.proposals import embed_boxes
+    from vlkd.teacher.proposals import embed_boxes, generate_proposals
 
     override = RUNS / "cost_override.yaml"
     override.parent.mkdir(parents=True, exist_ok=True)
@@ -133,12 +138,17 @@ def cost(steps: int, repeats: int) -> dict:
     batches = [next(loader) for _ in range(steps)]
     optimizer = torch.optim.AdamW(method.detector.parameters(), lr=1e-4)
     crop = method.proposal_settings.embed_crop
+    names = datamodule.base_names + datamodule.novel_names
+    all_text = teacher.encode_text(names, method.templates).float()
+    base = torch.tensor([name in datamodule.base_names for name in names])
 
-    def step(batch: dict, live: bool) -> None:
+    def step(batch: dict, live: bool, proposals: bool = False) -> None:
         distill = batch["distill"]
         if live:  # the same boxes, embedded by the teacher now (what a run without the cache pays)
             distill = []
-            for image, regions in zip(batch["images"], batch["distill"]):
+            for image, regions, target in zip(batch["images"], batch["distill"], batch["targets"]):
+                if proposals:  # and the image's CLIP proposals found now, as without any stage-2 cache
+                    generate_proposals(teacher, image, all_text, target["boxes"], base, method.proposal_settings)
                 distill.append({**regions, "embeddings": embed_boxes(teacher, image, regions["boxes"], crop)})
         method.detector.set_class_embeddings(method.train_text)
         losses = method.detector(batch["images"], [{"boxes": t["boxes"], "labels": t["labels"]}
@@ -151,13 +161,17 @@ def cost(steps: int, repeats: int) -> dict:
     for batch in batches[:2]:  # warm-up
         step(batch, False)
         step(batch, True)
+        step(batch, True, proposals=True)
     times = time_round_robin({"cached": lambda: [step(b, False) for b in batches],
-                              "live": lambda: [step(b, True) for b in batches]}, repeats, progress="timing")
-    cached, live = (statistics.median(times[k]) / steps for k in ("cached", "live"))
+                              "live": lambda: [step(b, True) for b in batches],
+                              "live_proposals": lambda: [step(b, True, proposals=True) for b in batches]},
+                             repeats, progress="timing")
+    cached, live, live_proposals = (statistics.median(times[k]) / steps for k in ("cached", "live", "live_proposals"))
     regions = statistics.mean(len(b["distill"][i]["boxes"]) for b in batches for i in range(len(b["images"])))
     return {"machine": machine(), "proposal_seconds_per_image": seconds_per_image,
             "cache_images": images, "regions_per_image": regions, "batch_size": datamodule.batch_size,
             "steps_per_second_cached": 1 / cached, "steps_per_second_live": 1 / live, "cached_over_live": live / cached,
+            "steps_per_second_live_proposals": 1 / live_proposals, "cached_over_live_proposals": live_proposals / cached,
             "anchor_grid": {"stride": anchors.stride, "sizes": list(anchors.sizes), "ratios": list(anchors.ratios)}}
 
 
@@ -165,6 +179,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--variants", nargs="+", choices=VARIANTS, default=list(VARIANTS))
     parser.add_argument("--seeds", type=int, nargs="+", default=[1, 2, 3])
+    parser.add_argument("--ablation-seeds", type=int, nargs="+", default=None,
+                        help="seeds of the three ablations (default: --seeds), the first ones of --seeds")
     parser.add_argument("--cost-only", action="store_true", help="only the cost measurement")
     parser.add_argument("--no-cost", action="store_true", help="no cost measurement")
     parser.add_argument("--cost-steps", type=int, default=5, help="training steps per timed repetition")
@@ -175,12 +191,17 @@ def main() -> None:
 
     generate_detection(WORLD)
     if not args.cost_only:
-        runs = {variant: [fit(variant, seed) for seed in args.seeds] for variant in args.variants}
+        ablation_seeds = args.ablation_seeds or args.seeds
+        if ablation_seeds != args.seeds[:len(ablation_seeds)]:
+            parser.error("--ablation-seeds must be the first seeds of --seeds (EZAD is compared seed by seed)")
+        runs = {variant: [fit(variant, seed) for seed in (ablation_seeds if variant in ABLATIONS else args.seeds)]
+                for variant in args.variants}
         rows = accuracy_rows(runs, args.seeds)
         crops = crop_rows(runs)
         header = ("# EZAD on SynthDetection\n\nCOCO AP / AP50 (%) on the validation split, one vocabulary of all 12 "
-                  f"names, mean ± std over seeds {', '.join(map(str, args.seeds))} (each seed shared by every "
-                  "method); ezad_minus_this: EZAD's novel AP50 minus this row's, per seed.\n\n"
+                  f"names, mean ± std over seeds {', '.join(map(str, args.seeds))} (the ablations: seeds "
+                  f"{', '.join(map(str, ablation_seeds))}; each seed shared by every method); ezad_minus_this: "
+                  "EZAD's novel AP50 minus this row's, per seed.\n\n"
                   f"Machine: {machine()}.\n\n")
         crop_table = ("\n## The teacher's ground-truth crop top-1 (%), validation crops among all names\n\n"
                       + markdown_table(crops) if crops else "")
