@@ -65,6 +65,7 @@ def _lightning_cli_class():
 
     # Importing the packages registers vlkd's modules as subclasses, so configs
     # can name them by short class name.
+    import vlkd.data.continual  # noqa: F401
     import vlkd.data.datamodule  # noqa: F401
     import vlkd.data.detection_datamodule  # noqa: F401
     import vlkd.data.image_datamodule  # noqa: F401
