@@ -26,11 +26,11 @@ CONFIGS = REPO / "configs" / "continual"
 MTIL_CONFIGS = sorted(CONFIGS.glob("*_mtil.yaml"))
 SYNTH_CONFIGS = sorted(CONFIGS.glob("*_synth.yaml"))
 METHODS = {"finetune": "SequentialFineTune", "lwf": "LwF", "wiseft": "WiSEFT", "zscl": "ZSCL",
-           "zeroshot": "ZeroShotContinual"}
+           "zeroshot": "ZeroShotContinual", "mulki": "MulKI"}
 
 
 def test_every_method_has_its_configs():
-    assert {p.stem for p in MTIL_CONFIGS} == {f"{m}_mtil" for m in ("finetune", "lwf", "wiseft", "zscl")}
+    assert {p.stem for p in MTIL_CONFIGS} == {f"{m}_mtil" for m in ("finetune", "lwf", "wiseft", "zscl", "mulki")}
     assert {p.stem for p in SYNTH_CONFIGS} == {f"{m}_synth" for m in METHODS}
 
 

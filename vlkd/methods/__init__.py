@@ -8,6 +8,7 @@ from vlkd.methods.ezad import EZAD
 from vlkd.methods.finetune import FineTuneCLIP
 from vlkd.methods.froster import FROSTER
 from vlkd.methods.lwf import LwF
+from vlkd.methods.mulki import MulKI
 from vlkd.methods.residualvit import ResidualViTDistillation
 from vlkd.methods.wiseft import WiSEFT
 from vlkd.methods.zeroshot import ZeroShotCLIP
@@ -21,6 +22,7 @@ __all__ = [
     "EpochWeightAveraging",
     "FineTuneCLIP",
     "LwF",
+    "MulKI",
     "ResidualViTDistillation",
     "ClassificationMethod",
     "SequentialFineTune",
