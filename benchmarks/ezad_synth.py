@@ -181,6 +181,8 @@ def main() -> None:
     parser.add_argument("--seeds", type=int, nargs="+", default=[1, 2, 3])
     parser.add_argument("--ablation-seeds", type=int, nargs="+", default=None,
                         help="seeds of the three ablations (default: --seeds), the first ones of --seeds")
+    parser.add_argument("--finished-only", action="store_true",
+                        help="tabulate the runs already finished (of the given variants and seeds); train nothing")
     parser.add_argument("--cost-only", action="store_true", help="only the cost measurement")
     parser.add_argument("--no-cost", action="store_true", help="no cost measurement")
     parser.add_argument("--cost-steps", type=int, default=5, help="training steps per timed repetition")
@@ -194,14 +196,16 @@ def main() -> None:
         ablation_seeds = args.ablation_seeds or args.seeds
         if ablation_seeds != args.seeds[:len(ablation_seeds)]:
             parser.error("--ablation-seeds must be the first seeds of --seeds (EZAD is compared seed by seed)")
-        runs = {variant: [fit(variant, seed) for seed in (ablation_seeds if variant in ABLATIONS else args.seeds)]
+        runs = {variant: [fit(variant, seed) for seed in (ablation_seeds if variant in ABLATIONS else args.seeds)
+                          if not args.finished_only or (RUNS / variant / f"s{seed}" / "summary.json").is_file()]
                 for variant in args.variants}
+        runs = {variant: summaries for variant, summaries in runs.items() if summaries}
         rows = accuracy_rows(runs, args.seeds)
         crops = crop_rows(runs)
         header = ("# EZAD on SynthDetection\n\nCOCO AP / AP50 (%) on the validation split, one vocabulary of all 12 "
-                  f"names, mean ± std over seeds {', '.join(map(str, args.seeds))} (the ablations: seeds "
-                  f"{', '.join(map(str, ablation_seeds))}; each seed shared by every method); ezad_minus_this: "
-                  "EZAD's novel AP50 minus this row's, per seed.\n\n"
+                  f"names; mean ± std over the first `seeds` of seeds {', '.join(map(str, args.seeds))} each row "
+                  "ran (a seed is shared by every method: the same data order, flips and initial weights); "
+                  "ezad_minus_this: EZAD's novel AP50 minus this row's, seed by seed.\n\n"
                   f"Machine: {machine()}.\n\n")
         crop_table = ("\n## The teacher's ground-truth crop top-1 (%), validation crops among all names\n\n"
                       + markdown_table(crops) if crops else "")
