@@ -129,3 +129,34 @@ def ray_serve():
     yield f"http://127.0.0.1:{port}"
     serve.shutdown()
     ray.shutdown()
+
+
+def continual_cli_config(tmp_path, name: str, model: str, model_args: dict, data_args: dict, **trainer):
+    """A `vlkd fit` config file for a tiny continual run that checkpoints every step (for the kill-and-resume
+    tests): ``model`` with the tiny teacher and ``model_args``, a ContinualDataModule with ``data_args``."""
+    import yaml
+
+    config = {
+        "seed_everything": 0,
+        "trainer": {"accelerator": "cpu", "devices": 1, "enable_progress_bar": False, "enable_model_summary": False,
+                    "default_root_dir": str(tmp_path / name), "logger": False,
+                    "callbacks": [{"class_path": "lightning.pytorch.callbacks.ModelCheckpoint",
+                                   "init_args": {"dirpath": str(tmp_path / name / "checkpoints"), "save_last": True,
+                                                 "save_top_k": 0, "every_n_train_steps": 1}}], **trainer},
+        "model": {"class_path": model,
+                  "init_args": {"teacher": {"name": TINY, "pretrained": None}, "lr": 2e-3, "warmup_steps": 1,
+                                **model_args}},
+        "data": {"class_path": "ContinualDataModule",
+                 "init_args": {"source": "synth", "iterations_per_task": 4, "batch_size": 4, "image_size": 32,
+                               "num_workers": 0, "seed": 0, **data_args}},
+    }
+    path = tmp_path / f"{name}.yaml"
+    path.write_text(yaml.safe_dump(config))
+    return path
+
+
+def results_without_cost(path) -> dict:
+    """A continual run's results.json without its timings (which differ between runs)."""
+    results = json.loads(path.read_text())
+    results.pop("cost")
+    return results

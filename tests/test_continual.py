@@ -8,10 +8,9 @@ from pathlib import Path
 import lightning.pytorch as pl
 import pytest
 import torch
-import yaml
 from lightning.pytorch.loggers import CSVLogger
 
-from tests.conftest import TINY
+from tests.conftest import TINY, continual_cli_config, results_without_cost
 from vlkd.cli import main
 from vlkd.data.continual import (
     ContinualBatchSampler,
@@ -211,31 +210,9 @@ def test_the_zero_shot_reference_is_every_row_and_the_frozen_teachers_accuracy(w
 
 
 def _cli_config(tmp_path: Path, world: Path, name: str, **trainer) -> Path:
-    config = {
-        "seed_everything": 0,
-        "trainer": {"accelerator": "cpu", "devices": 1, "enable_progress_bar": False, "enable_model_summary": False,
-                    "default_root_dir": str(tmp_path / name), "logger": False,
-                    "callbacks": [{"class_path": "lightning.pytorch.callbacks.ModelCheckpoint",
-                                   "init_args": {"dirpath": str(tmp_path / name / "checkpoints"), "save_last": True,
-                                                 "save_top_k": 0, "every_n_train_steps": 1}}], **trainer},
-        "model": {"class_path": "ZSCL",
-                  "init_args": {"teacher": {"name": TINY, "pretrained": None}, "lr": 2e-3, "warmup_steps": 1,
-                                "average_every": 2}},
-        "data": {"class_path": "ContinualDataModule",
-                 "init_args": {"source": "synth", "root": str(world), "order": ORDER, "iterations_per_task": 4,
-                               "batch_size": 4, "image_size": 32, "num_workers": 0, "seed": 0,
-                               "reference": {"images": str(world / "SynthColours" / "images"), "num_sentences": 12,
-                                             "batch_size": 3}}},
-    }
-    path = tmp_path / f"{name}.yaml"
-    path.write_text(yaml.safe_dump(config))
-    return path
-
-
-def _without_cost(path: Path) -> dict:
-    results = json.loads(path.read_text())
-    results.pop("cost")
-    return results
+    reference = {"images": str(world / "SynthColours" / "images"), "num_sentences": 12, "batch_size": 3}
+    return continual_cli_config(tmp_path, name, "ZSCL", {"average_every": 2},
+                                {"root": str(world), "order": ORDER, "reference": reference}, **trainer)
 
 
 def test_a_run_killed_mid_task_and_resumed_gives_the_uninterrupted_results(world, tmp_path):
@@ -244,7 +221,7 @@ def test_a_run_killed_mid_task_and_resumed_gives_the_uninterrupted_results(world
     last step, before its merge, its end and its row), then resumed from last.ckpt, each run ends with the
     results of the uninterrupted run."""
     assert main(["fit", "--config", str(_cli_config(tmp_path, world, "whole"))]) == 0
-    expected = _without_cost(tmp_path / "whole" / "results.json")
+    expected = results_without_cost(tmp_path / "whole" / "results.json")
     assert len(expected["matrix"]) == 3 and expected["zero_shot"] is not None
     for kill in (7, 4):
         config = _cli_config(tmp_path, world, f"killed_{kill}")
@@ -254,7 +231,7 @@ def test_a_run_killed_mid_task_and_resumed_gives_the_uninterrupted_results(world
         checkpoint = torch.load(last, weights_only=False)
         assert checkpoint["global_step"] == kill and checkpoint["continual"]["steps_processed"] == kill - 1
         assert main(["fit", "--config", str(config), "--ckpt_path", str(last)]) == 0
-        assert _without_cost(tmp_path / f"killed_{kill}" / "results.json") == expected
+        assert results_without_cost(tmp_path / f"killed_{kill}" / "results.json") == expected
 
 
 def test_fine_tuning_lifts_a_weak_task_above_zero_shot(tmp_path_factory, tmp_path):

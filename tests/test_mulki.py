@@ -10,10 +10,9 @@ import lightning.pytorch as pl
 import pytest
 import torch
 import torch.nn.functional as F
-import yaml
 from lightning.pytorch.loggers import CSVLogger
 
-from tests.conftest import TINY
+from tests.conftest import TINY, continual_cli_config, results_without_cost
 from vlkd.cli import main
 from vlkd.data.continual import ContinualDataModule
 from vlkd.data.synthetic.tasks import generate_tasks
@@ -189,39 +188,17 @@ def test_reference_data_is_refused(world, tmp_path):
 
 
 def _cli_config(tmp_path: Path, world: Path, name: str) -> Path:
-    config = {
-        "seed_everything": 0,
-        "trainer": {"accelerator": "cpu", "devices": 1, "enable_progress_bar": False, "enable_model_summary": False,
-                    "default_root_dir": str(tmp_path / name), "logger": False,
-                    "callbacks": [{"class_path": "lightning.pytorch.callbacks.ModelCheckpoint",
-                                   "init_args": {"dirpath": str(tmp_path / name / "checkpoints"), "save_last": True,
-                                                 "save_top_k": 0, "every_n_train_steps": 1}}]},
-        "model": {"class_path": "MulKI",
-                  "init_args": {"teacher": {"name": TINY, "pretrained": None}, "lr": 2e-3, "warmup_steps": 1,
-                                "ensemble_every": 2}},
-        "data": {"class_path": "ContinualDataModule",
-                 "init_args": {"source": "synth", "root": str(world), "order": ORDER, "iterations_per_task": 4,
-                               "batch_size": 4, "image_size": 32, "num_workers": 0, "seed": 0}},
-    }
-    path = tmp_path / f"{name}.yaml"
-    path.write_text(yaml.safe_dump(config))
-    return path
-
-
-def _without_cost(path: Path) -> dict:
-    results = json.loads(path.read_text())
-    results.pop("cost")
-    return results
+    return continual_cli_config(tmp_path, name, "MulKI", {"ensemble_every": 2}, {"root": str(world), "order": ORDER})
 
 
 def test_a_run_killed_in_the_second_task_and_resumed_gives_the_uninterrupted_results(world, tmp_path):
     """Killed after 6 steps (in task 2 of 2: P, the ensemble and its count come from the checkpoint, the
     prototypes are recomputed), then resumed from last.ckpt: the results of the uninterrupted run."""
     assert main(["fit", "--config", str(_cli_config(tmp_path, world, "whole"))]) == 0
-    expected = _without_cost(tmp_path / "whole" / "results.json")
+    expected = results_without_cost(tmp_path / "whole" / "results.json")
     config = _cli_config(tmp_path, world, "killed")
     assert main(["fit", "--config", str(config), "--trainer.max_steps", "6"]) == 0
     assert not (tmp_path / "killed" / "results.json").exists()
     last = tmp_path / "killed" / "checkpoints" / "last.ckpt"
     assert main(["fit", "--config", str(config), "--ckpt_path", str(last)]) == 0
-    assert _without_cost(tmp_path / "killed" / "results.json") == expected
+    assert results_without_cost(tmp_path / "killed" / "results.json") == expected
